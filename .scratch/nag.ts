@@ -1,0 +1,12 @@
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { LlmUsageGatewayStack } from '../lib/llm-usage-gateway-stack';
+const t0 = Date.now();
+const app = new App({ context: { ...require('../cdk.json').context, 'aws:cdk:bundling-stacks': [] }, builtinCloudFormationValidation: false });
+const stack = new LlmUsageGatewayStack(app, 'LlmUsageGateway');
+app.synth();
+console.log('synth ms', Date.now() - t0);
+const t1 = Date.now();
+const report = new AwsSolutionsChecks(undefined, { verbose: false }).validateScope(stack);
+console.log('nag ms', Date.now() - t1);
+for (const v of report.violations) console.log(v.severity, v.ruleName, v.violatingResources.map((r) => r.constructPath).join(' , '), '::', v.description.slice(0, 100));

@@ -1,0 +1,10 @@
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { LlmUsageGatewayStack } from '../lib/llm-usage-gateway-stack';
+const mode = process.argv[2];
+const t0 = Date.now();
+const app = new App({ outdir: '.scratch/out-' + mode, context: { ...require('../cdk.json').context, 'aws:cdk:bundling-stacks': [] }, builtinCloudFormationValidation: mode.includes('cfn') });
+new LlmUsageGatewayStack(app, 'LlmUsageGateway');
+if (mode.includes('nag')) Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+app.synth();
+console.log(mode, 'ms', Date.now() - t0);

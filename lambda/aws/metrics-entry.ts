@@ -1,0 +1,2 @@
+/** Placeholder buffered entry: replaced by the real metrics adapter. */
+export const handler = async (): Promise<{ statusCode: number; body: string }> => ({ statusCode: 200, body: '{}' });

@@ -1,0 +1,172 @@
+/**
+ * Runs a fetch-style handler as a Lambda response-streaming handler behind API Gateway REST (response transfer
+ * mode `STREAM`). Translation only: event to `Request`, then the `Response` status and headers as the
+ * `HttpResponseStream` prelude and its body chunk by chunk as the core produces it.
+ *
+ * @example
+ * // lambda/aws/proxy-entry.ts
+ * export const handler = awslambda.streamifyResponse(streamingHandler(gateway));
+ */
+import type { APIGatewayProxyEvent } from 'aws-lambda';
+import { errorResponse } from '../core/errors';
+import { collectingContext, type FetchHandler } from '../core/handler';
+import { createLogger, describeError, type Logger } from '../core/log';
+import { apiGatewayResponseHeaders, requestFromApiGatewayEvent } from './api-gateway-request';
+import type { AwsLambdaRuntime, HttpResponsePrelude, ResponseStream, StreamingHandler } from './awslambda';
+
+export interface StreamingHandlerOptions {
+  /** Where adapter-level faults are logged (never bodies or headers). @default JSON lines on stdout */
+  readonly logger?: Logger;
+}
+
+/**
+ * Wraps `fetchHandler` for `awslambda.streamifyResponse`.
+ *
+ * Order of work per invocation: build the `Request`, call the core with an ExecutionContext that collects
+ * `waitUntil` promises, send the prelude at once (an SSE client sees the status before the first event), pipe
+ * the body with backpressure, end the stream, and only then await the collected promises. The Node 24 runtime
+ * asks for the next invocation as soon as the handler resolves and never waits for stray promises, so the
+ * usage writes must finish inside the handler, but after the client has its answer.
+ *
+ * If the response stream closes early (client gone), the body reader is cancelled so the core sees the
+ * cancellation, the request's signal is aborted, and the `waitUntil` work is still awaited.
+ * A throw before the prelude becomes the JSON error response; nothing is thrown once the prelude is out.
+ */
+export function streamingHandler(
+  fetchHandler: FetchHandler,
+  options: StreamingHandlerOptions = {},
+): StreamingHandler<APIGatewayProxyEvent> {
+  const log = options.logger ?? createLogger('info');
+  return async (event, responseStream) => {
+    const context = collectingContext();
+    const abort = new AbortController();
+    const closed = watchEarlyClose(responseStream);
+    closed.promise.then(() => abort.abort(), () => undefined);
+
+    let response: Response;
+    try {
+      response = await fetchHandler(requestFromApiGatewayEvent(event, { signal: abort.signal }), context);
+    } catch (error) {
+      log.error('handler_failed', { method: event.httpMethod, error: describeError(error) });
+      response = errorResponse(error);
+    }
+
+    try {
+      await sendResponse(response, responseStream, closed, log);
+    } catch (error) {
+      log.error('response_stream_failed', { error: describeError(error) });
+      if (!responseStream.writableEnded && !responseStream.destroyed) responseStream.end();
+    }
+    await context.settled();
+  };
+}
+
+/** The prelude for a `Response`: status, single-value headers, and `Set-Cookie` as a multi-value header. */
+export function preludeFor(response: Response): HttpResponsePrelude {
+  const { headers, multiValueHeaders } = apiGatewayResponseHeaders(response.headers);
+  return Object.keys(multiValueHeaders).length > 0
+    ? { statusCode: response.status, headers, multiValueHeaders }
+    : { statusCode: response.status, headers };
+}
+
+interface EarlyClose {
+  /** Resolves when the stream closes or errors before it finished: nobody is reading any more. */
+  readonly promise: Promise<void>;
+  readonly happened: () => boolean;
+}
+
+function watchEarlyClose(stream: ResponseStream): EarlyClose {
+  let happened = false;
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  const onGone = () => {
+    if (stream.writableFinished) return;
+    happened = true;
+    resolve();
+  };
+  // Stays attached: a plain Writable with no 'error' listener would crash the process on a late error.
+  stream.on('error', onGone);
+  stream.on('close', onGone);
+  return { promise, happened: () => happened };
+}
+
+/** Looked up per invocation, not at load: the runtime installs the global before loading the handler module. */
+function runtime(): AwsLambdaRuntime {
+  // @types/aws-lambda types this global more loosely; AwsLambdaRuntime states what the runtime really provides.
+  const global = (globalThis as unknown as { awslambda?: AwsLambdaRuntime }).awslambda;
+  if (global === undefined) throw new Error('The Lambda runtime global `awslambda` is not installed.');
+  return global;
+}
+
+async function sendResponse(
+  response: Response,
+  responseStream: ResponseStream,
+  closed: EarlyClose,
+  log: Logger,
+): Promise<void> {
+  const stream = runtime().HttpResponseStream.from(responseStream, preludeFor(response));
+  const reader = response.body?.getReader();
+  const cancelBody = (reason: unknown = new Error('The client closed the response stream.')) =>
+    reader?.cancel(reason).catch(() => undefined);
+  // Also cancels a read that is waiting on the core, so a slow upstream is dropped as soon as the client goes.
+  closed.promise.then(() => cancelBody(), () => undefined);
+
+  // The runtime writes the prelude and delimiter just before the first write; an empty one sends them now,
+  // also for a response without a body, which would otherwise end with no prelude at all.
+  if (!closed.happened()) stream.write(new Uint8Array(0));
+
+  if (reader !== undefined) {
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (closed.happened()) {
+          await cancelBody();
+          return;
+        }
+        if (!stream.write(bytesOf(value)) && !closed.happened()) await drained(stream);
+      }
+    } catch (error) {
+      // The prelude is out, so the status cannot change any more; the core meters its own failures. End cleanly
+      // rather than throw: a throw here would make the runtime report the invocation as failed.
+      if (closed.happened()) return;
+      log.warn('response_body_failed', { error: describeError(error) });
+      await cancelBody(error);
+    } finally {
+      reader.releaseLock();
+    }
+  }
+  if (closed.happened()) return;
+  await finished(stream, closed);
+}
+
+function bytesOf(chunk: unknown): Uint8Array {
+  if (chunk instanceof Uint8Array) return chunk;
+  if (typeof chunk === 'string') return Buffer.from(chunk);
+  if (ArrayBuffer.isView(chunk)) return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  throw new TypeError('The response body produced a chunk that is not bytes.');
+}
+
+/** Waits for 'drain', or for the stream to go away (the caller checked it had not gone already). */
+function drained(stream: ResponseStream): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const settle = () => {
+      stream.off('drain', settle);
+      stream.off('close', settle);
+      stream.off('error', settle);
+      resolve();
+    };
+    stream.on('drain', settle);
+    stream.on('close', settle);
+    stream.on('error', settle);
+  });
+}
+
+/** Ends the stream and waits until its last byte was handed to the socket ('finish'), or it went away. */
+function finished(stream: ResponseStream, closed: EarlyClose): Promise<void> {
+  return new Promise<void>((resolve) => {
+    stream.end(() => resolve());
+    closed.promise.then(() => resolve(), () => resolve());
+  });
+}

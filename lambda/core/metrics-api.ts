@@ -1,0 +1,267 @@
+/**
+ * The metrics API under `/metrics`: live per-user totals from the CounterStore and range queries over the event
+ * log from the HistoryStore. The same code serves locally and on AWS.
+ */
+import { BadRequestError, GatewayError, MethodNotAllowedError, NotFoundError, UnauthorizedError, errorResponse } from './errors';
+import type { FetchHandler } from './handler';
+import { bearerToken } from './keys';
+import { describeError, type Logger } from './log';
+import type {
+  CounterStore,
+  HistoryResult,
+  HistoryStore,
+  KeyStore,
+  ModelTotals,
+  Period,
+  UsageGroupRow,
+  UsageQuery,
+  UsageTotals,
+  UserSort,
+  UserTotals,
+} from './ports';
+import { QueryParams, dayOf, daysBetween } from './query-params';
+import { nanoToUsd } from './usage-event';
+
+export interface MetricsDeps {
+  readonly counters: CounterStore;
+  /** Range queries over the event log; without it `/metrics/usage` answers 404. */
+  readonly history?: HistoryStore;
+  readonly metricsKeys: KeyStore;
+  readonly log: Logger;
+  readonly now?: () => number;
+  /** How long a history query may run before the API answers 202 with a query id. @default 20000 */
+  readonly queryWaitMs?: number;
+}
+
+/** Longest range `/metrics/usage` accepts, in days. */
+export const MAX_RANGE_DAYS = 366;
+export const MAX_USERS_LIMIT = 1000;
+export const MAX_USAGE_LIMIT = 10_000;
+
+/** Totals as the API shows them: cost in USD. */
+export function apiTotals(t: UsageTotals) {
+  return {
+    requests: t.requests,
+    errors: t.errors,
+    prompt_tokens: t.prompt_tokens,
+    completion_tokens: t.completion_tokens,
+    cached_prompt_tokens: t.cached_prompt_tokens,
+    reasoning_tokens: t.reasoning_tokens,
+    total_tokens: t.total_tokens,
+    cost_usd: nanoToUsd(t.cost_nano_usd),
+    unpriced_requests: t.unpriced_requests,
+    rate_limited: t.rate_limited,
+    first_active: t.first_active,
+    last_active: t.last_active,
+  };
+}
+
+function apiUser(u: UserTotals) {
+  return { user_id: u.user_id, ...apiTotals(u) };
+}
+
+function apiModel(m: ModelTotals) {
+  return {
+    model: m.model,
+    requests: m.requests,
+    total_tokens: m.total_tokens,
+    cost_usd: nanoToUsd(m.cost_nano_usd),
+    unpriced_requests: m.unpriced_requests,
+  };
+}
+
+function apiGroup(row: UsageGroupRow) {
+  return {
+    group: row.group,
+    requests: row.requests,
+    errors: row.errors,
+    users: row.users,
+    prompt_tokens: row.prompt_tokens,
+    completion_tokens: row.completion_tokens,
+    total_tokens: row.total_tokens,
+    cost_usd: nanoToUsd(row.cost_nano_usd),
+    unpriced_requests: row.unpriced_requests,
+  };
+}
+
+const EMPTY_TOTALS = (at: null) => ({
+  requests: 0,
+  errors: 0,
+  prompt_tokens: 0,
+  completion_tokens: 0,
+  cached_prompt_tokens: 0,
+  reasoning_tokens: 0,
+  total_tokens: 0,
+  cost_usd: 0,
+  unpriced_requests: 0,
+  rate_limited: 0,
+  first_active: at,
+  last_active: at,
+});
+
+function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' },
+  });
+}
+
+const PROPERTY_GROUP = /^property:([A-Za-z0-9_-]{1,64})$/;
+
+/**
+ * Creates the metrics API handler.
+ * @example const metrics = createMetricsApi({ counters, metricsKeys, log });
+ *          await metrics(new Request('http://gw/metrics/users?period=month'), ctx);
+ */
+export function createMetricsApi(deps: MetricsDeps): FetchHandler {
+  const now = deps.now ?? Date.now;
+  const queryWaitMs = deps.queryWaitMs ?? 20_000;
+
+  async function authorize(request: Request): Promise<void> {
+    if (!deps.metricsKeys.enabled) return;
+    const token = bearerToken(request.headers.get('authorization'));
+    if (token === null) {
+      throw new UnauthorizedError('missing_metrics_key', 'Send the metrics key as "Authorization: Bearer <key>".', {
+        param: 'Authorization',
+      });
+    }
+    if ((await deps.metricsKeys.verify(token)) === null) {
+      throw new UnauthorizedError('invalid_metrics_key', 'The metrics key is not valid.', { param: 'Authorization' });
+    }
+  }
+
+  async function listUsers(url: URL): Promise<Response> {
+    const q = QueryParams.of(url);
+    const period = q.oneOf<Period>('period', ['day', 'month', 'all'], 'month');
+    const date = q.day('date', dayOf(now()));
+    const sort = q.oneOf<UserSort>('sort', ['cost', 'requests', 'tokens', 'last_active'], 'cost');
+    const order = q.oneOf('order', ['desc', 'asc'] as const, 'desc');
+    const limit = q.integer('limit', 50, 1, MAX_USERS_LIMIT);
+    const cursor = q.string('cursor');
+    q.rejectUnknown();
+    const periodKey = period === 'day' ? date : period === 'month' ? date.slice(0, 7) : 'all';
+    const page = await deps.counters.listUsers({ period, periodKey, sort, order, limit, cursor });
+    return json({
+      period,
+      period_key: periodKey,
+      users: page.users.map(apiUser),
+      next_cursor: page.nextCursor,
+    });
+  }
+
+  async function getUser(url: URL, rawId: string): Promise<Response> {
+    const q = QueryParams.of(url);
+    const date = q.day('date', dayOf(now()));
+    q.rejectUnknown();
+    let userId: string;
+    try {
+      userId = decodeURIComponent(rawId);
+    } catch {
+      throw new BadRequestError('invalid_user_id', 'The user id in the path is not valid percent-encoding.', { param: 'userId' });
+    }
+    const detail = await deps.counters.getUser(userId, date, date.slice(0, 7));
+    if (detail === null) throw new NotFoundError('unknown_user', `No usage recorded for user "${userId.slice(0, 256)}".`, { param: 'userId' });
+    return json({
+      user_id: detail.user_id,
+      first_active: detail.all.first_active,
+      last_active: detail.all.last_active,
+      date,
+      today: detail.day === null ? EMPTY_TOTALS(null) : apiTotals(detail.day),
+      month: detail.month === null ? EMPTY_TOTALS(null) : apiTotals(detail.month),
+      all_time: apiTotals(detail.all),
+      by_model: detail.byModel.map(apiModel),
+    });
+  }
+
+  function historyResponse(result: HistoryResult<UsageGroupRow>, meta: Record<string, unknown>): Response {
+    if (result.state === 'running') {
+      return json({ state: 'running', query_id: result.queryId, result_url: `/metrics/queries/${result.queryId}` }, 202);
+    }
+    return json({ state: 'done', ...meta, groups: result.rows.map(apiGroup) });
+  }
+
+  async function usage(url: URL): Promise<Response> {
+    if (deps.history === undefined) throw new NotFoundError('not_available', 'History queries are not configured.');
+    const q = QueryParams.of(url);
+    const today = dayOf(now());
+    const to = q.day('to', today);
+    const from = q.day('from', `${to.slice(0, 7)}-01`);
+    const groupByRaw = q.string('group_by') ?? 'user';
+    const sort = q.oneOf('sort', ['cost', 'requests'] as const, 'cost');
+    const order = q.oneOf('order', ['desc', 'asc'] as const, 'desc');
+    const limit = q.integer('limit', 100, 1, MAX_USAGE_LIMIT);
+    const userId = q.string('user_id');
+    q.rejectUnknown();
+    if (from > to) throw new BadRequestError('invalid_range', '"from" must not be after "to".', { param: 'from' });
+    if (daysBetween(from, to) > MAX_RANGE_DAYS) {
+      throw new BadRequestError('invalid_range', `The range may span at most ${MAX_RANGE_DAYS} days.`, { param: 'to' });
+    }
+    let groupBy: UsageQuery['groupBy'];
+    if (groupByRaw === 'user' || groupByRaw === 'model') groupBy = groupByRaw;
+    else {
+      const match = PROPERTY_GROUP.exec(groupByRaw);
+      if (!match) {
+        throw new BadRequestError('invalid_parameter', '"group_by" must be user, model or property:<Name> (A-Z, a-z, 0-9, _ or -).', {
+          param: 'group_by',
+        });
+      }
+      groupBy = { property: match[1]!.toLowerCase() };
+    }
+    if (userId !== undefined && (userId.length > 256 || /[\u0000-\u001f\u007f-\u009f]/.test(userId))) {
+      throw new BadRequestError('invalid_parameter', '"user_id" must be at most 256 characters without control characters.', {
+        param: 'user_id',
+      });
+    }
+    const query: UsageQuery = { from, to, groupBy, sort, order, limit, ...(userId === undefined ? {} : { userId }) };
+    const result = await deps.history.usage(query, queryWaitMs);
+    return historyResponse(result, { from, to, group_by: groupByRaw });
+  }
+
+  async function queryResult(id: string): Promise<Response> {
+    if (deps.history === undefined) throw new NotFoundError('not_available', 'History queries are not configured.');
+    return historyResponse(await deps.history.queryResult(id), { query_id: id });
+  }
+
+  return async function metrics(request: Request): Promise<Response> {
+    try {
+      const url = new URL(request.url);
+      const path = url.pathname.replace(/\/+$/, '');
+      const segments = path.split('/').slice(2); // drop '' and 'metrics'
+      const route = matchRoute(segments);
+      if (route === null) throw new NotFoundError('unknown_route', `No metrics route ${url.pathname.slice(0, 200)}.`);
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        throw new MethodNotAllowedError('method_not_allowed', `${request.method} is not allowed here; use GET.`, {
+          headers: { allow: 'GET, HEAD' },
+        });
+      }
+      await authorize(request);
+      switch (route.name) {
+        case 'users':
+          return await listUsers(url);
+        case 'user':
+          return await getUser(url, route.id);
+        case 'usage':
+          return await usage(url);
+        case 'query':
+          return await queryResult(route.id);
+      }
+    } catch (error) {
+      if (!(error instanceof GatewayError) || error.statusCode >= 500) {
+        deps.log.error('metrics_request_failed', { path: new URL(request.url).pathname, error: describeError(error) });
+      }
+      return errorResponse(error);
+    }
+  };
+}
+
+type Route = { name: 'users' } | { name: 'user'; id: string } | { name: 'usage' } | { name: 'query'; id: string };
+
+function matchRoute(segments: readonly string[]): Route | null {
+  const [first, second, ...rest] = segments;
+  if (rest.length > 0) return null;
+  if (first === 'users' && second === undefined) return { name: 'users' };
+  if (first === 'users' && second !== undefined && second !== '') return { name: 'user', id: second };
+  if (first === 'usage' && second === undefined) return { name: 'usage' };
+  if (first === 'queries' && second !== undefined && second !== '') return { name: 'query', id: second };
+  return null;
+}

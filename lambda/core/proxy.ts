@@ -1,0 +1,456 @@
+/**
+ * The proxy: `ANY /v1/*` to the upstream, path, query, method and body unchanged, the answer streamed back as it
+ * arrives, and one usage event per request written after the client's response has finished.
+ */
+import type { ProxyConfig } from './config';
+import {
+  BadRequestError,
+  GatewayError,
+  PayloadTooLargeError,
+  UnauthorizedError,
+  UpstreamError,
+  UpstreamTimeoutError,
+  errorResponse,
+} from './errors';
+import type { ExecutionContext, FetchHandler } from './handler';
+import { propertiesFrom, requestIdFrom, userIdFrom } from './identity';
+import { bearerToken } from './keys';
+import { describeError, type Logger } from './log';
+import type { KeyStore } from './ports';
+import { NO_TOKENS, priceOf, providerOf, type TokenUsage } from './pricing';
+import { createResponseMeter, type MeterReading } from './response-meter';
+import { endpointOf, estimatePromptTokens, type Endpoint, type TokenCounterLoader } from './tokens';
+import type { UsageRecorder } from './usage-recorder';
+import { USAGE_EVENT_VERSION, type UsageEvent, type UsageSource } from './usage-event';
+
+export const GATEWAY_AUTH_HEADER = 'helicone-auth';
+export const GATEWAY_ID_HEADER = 'Helicone-Id';
+
+export interface ProxyDeps {
+  readonly config: ProxyConfig;
+  readonly gatewayKeys: KeyStore;
+  readonly recorder: UsageRecorder;
+  readonly tokenCounter: TokenCounterLoader;
+  readonly log: Logger;
+  /** The HTTP client for the upstream. @default globalThis.fetch */
+  readonly fetch?: typeof fetch;
+  /** Milliseconds since the epoch. @default Date.now */
+  readonly now?: () => number;
+  readonly newId?: () => string;
+}
+
+// RFC 9110 §7.6.1 connection-specific fields, plus the framing fields the runtime recomputes.
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+  'content-length',
+  'expect',
+  'http2-settings',
+]);
+
+/** Headers for the upstream: the caller's, minus hop-by-hop fields and every `Helicone-*` header. */
+export function upstreamRequestHeaders(incoming: Headers): Headers {
+  const listed = new Set(
+    (incoming.get('connection') ?? '')
+      .split(',')
+      .map((name) => name.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out = new Headers();
+  for (const [name, value] of incoming) {
+    if (HOP_BY_HOP.has(name) || listed.has(name) || name.startsWith('helicone-')) continue;
+    out.append(name, value);
+  }
+  // The runtime's fetch would decompress transparently; asking for identity keeps bytes and headers consistent.
+  out.set('accept-encoding', 'identity');
+  return out;
+}
+
+/** Headers for the client: the upstream's, minus hop-by-hop fields and the encoding fetch already undid. */
+function clientResponseHeaders(upstream: Headers, requestId: string, bodyRewritten: boolean): Headers {
+  const listed = new Set(
+    (upstream.get('connection') ?? '')
+      .split(',')
+      .map((name) => name.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out = new Headers();
+  const decoded = upstream.has('content-encoding');
+  for (const [name, value] of upstream) {
+    if (name === 'set-cookie') continue;
+    if (HOP_BY_HOP.has(name) && name !== 'content-length') continue;
+    if (listed.has(name)) continue;
+    if (name === 'content-encoding') continue;
+    if (name === 'content-length' && (decoded || bodyRewritten)) continue;
+    out.append(name, value);
+  }
+  for (const cookie of upstream.getSetCookie()) out.append('set-cookie', cookie);
+  out.set(GATEWAY_ID_HEADER, requestId);
+  return out;
+}
+
+/** Reads the request body up to `limit` bytes; a larger body is a 413 without reading the rest. */
+async function readBody(request: Request, limit: number): Promise<Uint8Array> {
+  const declared = request.headers.get('content-length');
+  if (declared !== null && Number(declared) > limit) {
+    throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`);
+  }
+  if (request.body === null) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = request.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel().catch(() => undefined);
+      throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`);
+    }
+    chunks.push(value);
+  }
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+}
+
+function isJsonContentType(value: string | null): boolean {
+  if (value === null) return false;
+  const type = value.split(';')[0]!.trim().toLowerCase();
+  return type === 'application/json' || type.endsWith('+json');
+}
+
+const fatalDecoder = new TextDecoder('utf-8', { fatal: true });
+
+/** Parses a JSON request body; malformed JSON or invalid UTF-8 is a 400 naming what is wrong. */
+function parseJsonBody(bytes: Uint8Array): unknown {
+  let text: string;
+  try {
+    text = fatalDecoder.decode(bytes);
+  } catch {
+    throw new BadRequestError('invalid_body', 'The request body is not valid UTF-8.', { param: 'body' });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : 'parse error';
+    throw new BadRequestError('invalid_json', `The request body is not valid JSON: ${detail.slice(0, 200)}`, {
+      param: 'body',
+    });
+  }
+}
+
+interface PreparedRequest {
+  readonly requestId: string;
+  readonly keyId: string | null;
+  readonly userId: string | null;
+  readonly properties: Record<string, string>;
+  readonly endpoint: Endpoint;
+  readonly body: Record<string, unknown> | undefined;
+  readonly requestedModel: string | null;
+  readonly stream: boolean;
+  /** True when the gateway added `stream_options.include_usage` and must hide its effects. */
+  readonly injectedUsage: boolean;
+  readonly upstreamBody: Uint8Array | undefined;
+}
+
+function isTokenEndpoint(endpoint: Endpoint): boolean {
+  return endpoint !== 'other';
+}
+
+/**
+ * Creates the proxy handler.
+ * @example const proxy = createProxy({ config, gatewayKeys, recorder, tokenCounter, log });
+ *          const res = await proxy(new Request('http://gw/v1/chat/completions', { method: 'POST', body }), ctx);
+ */
+export function createProxy(deps: ProxyDeps): FetchHandler {
+  const upstreamFetch = deps.fetch ?? globalThis.fetch;
+  const now = deps.now ?? Date.now;
+  const newId = deps.newId ?? (() => crypto.randomUUID());
+  const provider = deps.config.provider ?? providerOf(deps.config.upstreamUrl);
+  const upstreamBase = deps.config.upstreamUrl;
+
+  async function prepare(request: Request): Promise<PreparedRequest> {
+    const requestId = requestIdFrom(request.headers, newId);
+    let keyId: string | null = null;
+    if (deps.gatewayKeys.enabled) {
+      const token = bearerToken(request.headers.get(GATEWAY_AUTH_HEADER));
+      if (token === null) {
+        throw new UnauthorizedError('missing_gateway_key', 'Send the gateway key as "Helicone-Auth: Bearer <key>".', {
+          param: 'Helicone-Auth',
+        });
+      }
+      keyId = await deps.gatewayKeys.verify(token);
+      if (keyId === null) {
+        throw new UnauthorizedError('invalid_gateway_key', 'The gateway key in Helicone-Auth is not valid.', {
+          param: 'Helicone-Auth',
+        });
+      }
+    }
+    const properties = propertiesFrom(request.headers);
+    const path = new URL(request.url).pathname;
+    const endpoint = endpointOf(path);
+    const hasBody = request.method !== 'GET' && request.method !== 'HEAD';
+    const raw = hasBody ? await readBody(request, deps.config.maxBodyBytes) : undefined;
+    let body: Record<string, unknown> | undefined;
+    if (raw !== undefined && raw.byteLength > 0 && isJsonContentType(request.headers.get('content-type'))) {
+      const parsed = parseJsonBody(raw);
+      if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) body = parsed as Record<string, unknown>;
+    }
+    const userId = userIdFrom(request.headers, body);
+    const stream = body?.stream === true;
+    let upstreamBody = raw;
+    let injectedUsage = false;
+    if (stream && (endpoint === 'chat' || endpoint === 'completions')) {
+      const options = body!.stream_options;
+      const asked = options !== null && typeof options === 'object' && (options as { include_usage?: unknown }).include_usage === true;
+      if (!asked) {
+        const base = options !== null && typeof options === 'object' && !Array.isArray(options) ? options : {};
+        upstreamBody = Buffer.from(JSON.stringify({ ...body, stream_options: { ...base, include_usage: true } }), 'utf8');
+        injectedUsage = true;
+      }
+    }
+    return {
+      requestId,
+      keyId,
+      userId,
+      properties,
+      endpoint,
+      body,
+      requestedModel: typeof body?.model === 'string' ? body.model : null,
+      stream,
+      injectedUsage,
+      upstreamBody,
+    };
+  }
+
+  return async function proxy(request: Request, context: ExecutionContext): Promise<Response> {
+    const started = now();
+    const startedAt = new Date(started);
+    let prepared: PreparedRequest;
+    try {
+      prepared = await prepare(request);
+    } catch (error) {
+      // Refused before anything was sent upstream: no usage to meter, and no trustworthy id to bill it to.
+      const id = newId();
+      logRefusal(deps.log, request, error, id);
+      return errorResponse(error, { [GATEWAY_ID_HEADER]: id });
+    }
+    const url = new URL(request.url);
+    const path = url.pathname;
+
+    const event = (fields: {
+      status: number;
+      model: string | null;
+      usage: TokenUsage;
+      usageSource: UsageSource;
+      error: string | null;
+      ttft: number | null;
+    }): UsageEvent => {
+      const price = priceOf(fields.usage, fields.model, provider, startedAt);
+      return {
+        v: USAGE_EVENT_VERSION,
+        request_id: prepared.requestId,
+        ts: startedAt.toISOString(),
+        user_id: prepared.userId,
+        properties: prepared.properties,
+        provider,
+        model: fields.model,
+        path,
+        method: request.method,
+        status: fields.status,
+        stream: prepared.stream,
+        latency_ms: Math.max(0, now() - started),
+        ttft_ms: fields.ttft,
+        ...fields.usage,
+        cost_usd: price.cost_nano_usd === null ? null : price.cost_nano_usd / 1e9,
+        cost_nano_usd: price.cost_nano_usd,
+        cost_source: price.cost_source,
+        usage_source: fields.usageSource,
+        error: fields.error,
+        key_id: prepared.keyId,
+      };
+    };
+
+    const estimate = async (text: string, includePrompt: boolean): Promise<TokenUsage | null> => {
+      if (!isTokenEndpoint(prepared.endpoint) || prepared.body === undefined) return null;
+      try {
+        const counter = await deps.tokenCounter();
+        const prompt = includePrompt ? estimatePromptTokens(counter, prepared.endpoint, prepared.body) : 0;
+        const completion = prepared.endpoint === 'embeddings' ? 0 : counter.count(text);
+        return { ...NO_TOKENS, prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+      } catch (error) {
+        deps.log.error('token_estimate_failed', { request_id: prepared.requestId, error: describeError(error) });
+        return null;
+      }
+    };
+
+    const upstreamAbort = new AbortController();
+    const onClientAbort = () => upstreamAbort.abort(new Error('client_closed'));
+    request.signal.addEventListener('abort', onClientAbort, { once: true });
+    const headersTimer = setTimeout(
+      () => upstreamAbort.abort(new UpstreamTimeoutError('upstream_timeout', 'The upstream did not answer in time.')),
+      deps.config.upstreamTimeoutMs,
+    );
+
+    let upstream: Response;
+    try {
+      upstream = await upstreamFetch(upstreamBase + path + url.search, {
+        method: request.method,
+        headers: upstreamRequestHeaders(request.headers),
+        body: prepared.upstreamBody,
+        signal: upstreamAbort.signal,
+        redirect: 'manual',
+      });
+    } catch (error) {
+      clearTimeout(headersTimer);
+      request.signal.removeEventListener('abort', onClientAbort);
+      const clientGone = request.signal.aborted;
+      const reason = upstreamAbort.signal.reason;
+      const gatewayError: GatewayError = clientGone
+        ? new UpstreamError('client_closed', 'The client closed the request.')
+        : reason instanceof UpstreamTimeoutError
+          ? reason
+          : new UpstreamError('upstream_unreachable', 'The upstream could not be reached.', { cause: error });
+      deps.log.warn('upstream_failed', { request_id: prepared.requestId, code: gatewayError.code, error: describeError(error) });
+      const status = clientGone ? 499 : gatewayError.statusCode;
+      const usage = clientGone ? await estimate('', true) : null;
+      context.waitUntil(
+        deps.recorder.record(
+          event({
+            status,
+            model: prepared.requestedModel,
+            usage: usage ?? NO_TOKENS,
+            usageSource: usage === null ? 'none' : 'partial',
+            error: gatewayError.code,
+            ttft: null,
+          }),
+        ),
+      );
+      return errorResponse(gatewayError, { [GATEWAY_ID_HEADER]: prepared.requestId });
+    }
+    clearTimeout(headersTimer);
+
+    const status = upstream.status;
+    const meter = createResponseMeter(upstream.headers.get('content-type'), prepared.endpoint, {
+      stripInjectedUsage: prepared.injectedUsage && status >= 200 && status < 300,
+    });
+    let ttft: number | null = null;
+    let finished = false;
+
+    const finish = (how: 'complete' | 'client_closed' | 'upstream_broken', failure?: unknown): void => {
+      if (finished) return;
+      finished = true;
+      request.signal.removeEventListener('abort', onClientAbort);
+      const reading: MeterReading = meter.reading();
+      const ok = status >= 200 && status < 300;
+      const model = reading.model ?? prepared.requestedModel;
+      const recordPromise = (async () => {
+        let usage: TokenUsage = NO_TOKENS;
+        let usageSource: UsageSource = 'none';
+        if (reading.usage !== null) {
+          usage = reading.usage;
+          usageSource = 'provider';
+        } else if (how !== 'complete') {
+          const estimated = await estimate(reading.text, true);
+          if (estimated !== null) {
+            usage = estimated;
+            usageSource = 'partial';
+          }
+        } else if (ok) {
+          const estimated = await estimate(reading.text, true);
+          if (estimated !== null) {
+            usage = estimated;
+            usageSource = 'estimated';
+          }
+        }
+        const error =
+          how === 'upstream_broken'
+            ? 'upstream_reset'
+            : !ok
+              ? upstreamErrorCode(status)
+              : reading.streamError !== null
+                ? 'stream_error'
+                : null;
+        if (how === 'upstream_broken') {
+          deps.log.warn('upstream_stream_broken', { request_id: prepared.requestId, error: describeError(failure) });
+        }
+        await deps.recorder.record(event({ status, model, usage, usageSource, error, ttft }));
+      })();
+      context.waitUntil(recordPromise);
+    };
+
+    if (upstream.body === null) {
+      finish('complete');
+      return new Response(null, { status, headers: clientResponseHeaders(upstream.headers, prepared.requestId, false) });
+    }
+
+    const reader = upstream.body.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        for (;;) {
+          let result: Awaited<ReturnType<typeof reader.read>>;
+          try {
+            result = await reader.read();
+          } catch (error) {
+            if (request.signal.aborted) {
+              finish('client_closed');
+            } else {
+              finish('upstream_broken', error);
+              // Mirror the broken upstream: the client must not mistake a cut answer for a complete one.
+              try {
+                controller.error(new Error('upstream connection broken'));
+              } catch {
+                // Already cancelled by the client.
+              }
+            }
+            return;
+          }
+          if (result.done) {
+            const rest = meter.end();
+            if (rest.byteLength > 0) controller.enqueue(rest);
+            finish('complete');
+            controller.close();
+            return;
+          }
+          ttft ??= Math.max(0, now() - started);
+          const out = meter.push(result.value);
+          // A chunk the meter held back (half an event) yields nothing yet; keep reading rather than
+          // resolve pull() with nothing enqueued.
+          if (out.byteLength > 0) {
+            controller.enqueue(out);
+            return;
+          }
+        }
+      },
+      async cancel() {
+        finish('client_closed');
+        await reader.cancel().catch(() => undefined);
+      },
+    });
+
+    return new Response(body, {
+      status,
+      statusText: upstream.statusText,
+      headers: clientResponseHeaders(upstream.headers, prepared.requestId, prepared.injectedUsage),
+    });
+  };
+}
+
+function upstreamErrorCode(status: number): string {
+  return status === 429 ? 'upstream_rate_limited' : `upstream_${status}`;
+}
+
+function logRefusal(log: Logger, request: Request, error: unknown, id: string): void {
+  const code = error instanceof GatewayError ? error.code : 'internal_error';
+  const status = error instanceof GatewayError ? error.statusCode : 500;
+  const fields = { request_id: id, method: request.method, path: new URL(request.url).pathname, status, code };
+  if (status >= 500) log.error('request_failed', { ...fields, error: describeError(error) });
+  else log.info('request_refused', fields);
+}

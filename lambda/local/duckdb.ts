@@ -1,0 +1,242 @@
+/**
+ * A small wrapper around `@duckdb/node-api`: prepared statements with positional `?` parameters, plain JS rows, and
+ * one DuckDB instance per database file shared by everything in the process.
+ *
+ * One writer process per file: DuckDB takes an exclusive lock on a database file it opens for writing, so a second
+ * process opening the same `counters.duckdb` fails with "Could not set lock on file". Run one gateway process per
+ * data directory. Inside a process, {@link openDuckDb} hands every caller the same instance (opening a file twice in
+ * one process would corrupt it), and each store talks to it through its own {@link DuckDbSession}.
+ *
+ * Values always travel as bound parameters; SQL text is only ever built from constants and validated identifiers.
+ */
+import { resolve } from 'node:path';
+import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api';
+
+/** A value bound to a `?` placeholder. JS integers bind as INTEGER or BIGINT, other numbers as DOUBLE. */
+export type DuckDbParam = string | number | bigint | boolean | null;
+
+/** Statements run right away on a session the caller already holds (inside {@link DuckDbSession.exclusive}). */
+export interface DuckDbStatements {
+  /** Runs one statement. */
+  run(sql: string, params?: readonly DuckDbParam[]): Promise<void>;
+  /**
+   * Runs one query and returns its rows as objects keyed by column name. BIGINT and HUGEINT come back as JS
+   * numbers (a RangeError when one is beyond ±2^53, rather than a silently rounded total).
+   */
+  all<T = Record<string, unknown>>(sql: string, params?: readonly DuckDbParam[]): Promise<T[]>;
+}
+
+/**
+ * One connection. Its statements run one at a time in call order, so a transaction never sees another caller's
+ * statement in the middle of it.
+ */
+export interface DuckDbSession extends DuckDbStatements {
+  /** Runs `fn` with the session to itself (no other statement of this session runs in between). */
+  exclusive<T>(fn: (db: DuckDbStatements) => Promise<T>): Promise<T>;
+  /** Runs `fn` in a transaction: committed when it resolves, rolled back when it throws. */
+  transaction<T>(fn: (db: DuckDbStatements) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+/** An open database: a default session plus more on the same instance. */
+export interface DuckDb extends DuckDbSession {
+  /** Absolute file path, or `:memory:`. */
+  readonly path: string;
+  /** A new connection to the same database, for a store that needs its own transactions or temp views. */
+  session(): Promise<DuckDbSession>;
+  /** Closes this handle's sessions; the instance closes when the last handle on it does. */
+  close(): Promise<void>;
+}
+
+interface SharedInstance {
+  readonly instance: DuckDBInstance;
+  handles: number;
+}
+
+const instances = new Map<string, Promise<SharedInstance>>();
+
+/**
+ * Opens (or joins) a DuckDB database.
+ * @example
+ * const db = await openDuckDb('/var/lib/gateway/counters.duckdb');
+ * const rows = await db.all<{ n: number }>('SELECT count(*) AS n FROM user_totals WHERE user_id = ?', [userId]);
+ */
+export async function openDuckDb(path: string): Promise<DuckDb> {
+  const key = path === ':memory:' ? null : resolve(path);
+  let shared: SharedInstance;
+  if (key === null) {
+    shared = { instance: await DuckDBInstance.create(':memory:'), handles: 0 };
+  } else {
+    let opening = instances.get(key);
+    if (!opening) {
+      opening = DuckDBInstance.create(key).then((instance) => ({ instance, handles: 0 }));
+      instances.set(key, opening);
+      opening.catch(() => instances.delete(key));
+    }
+    shared = await opening;
+  }
+  shared.handles++;
+  try {
+    const main = new Session(await shared.instance.connect());
+    return new Handle(key ?? ':memory:', key, shared, main);
+  } catch (error) {
+    release(key, shared);
+    throw error;
+  }
+}
+
+function release(key: string | null, shared: SharedInstance): void {
+  if (--shared.handles > 0) return;
+  if (key !== null) instances.delete(key);
+  shared.instance.closeSync();
+}
+
+class Session implements DuckDbSession {
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  private readonly direct: DuckDbStatements;
+
+  constructor(
+    private readonly connection: DuckDBConnection,
+    private readonly onClose: () => void = () => undefined,
+  ) {
+    this.direct = {
+      run: async (sql, params) => {
+        await this.execute(sql, params);
+      },
+      all: async <T>(sql: string, params?: readonly DuckDbParam[]) => (await this.execute(sql, params)) as T[],
+    };
+  }
+
+  run(sql: string, params?: readonly DuckDbParam[]): Promise<void> {
+    return this.exclusive((db) => db.run(sql, params));
+  }
+
+  all<T = Record<string, unknown>>(sql: string, params?: readonly DuckDbParam[]): Promise<T[]> {
+    return this.exclusive((db) => db.all<T>(sql, params));
+  }
+
+  exclusive<T>(fn: (db: DuckDbStatements) => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('The DuckDB session is closed.'));
+    const result = this.queue.then(() => fn(this.direct));
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  transaction<T>(fn: (db: DuckDbStatements) => Promise<T>): Promise<T> {
+    return this.exclusive(async (db) => {
+      await db.run('BEGIN TRANSACTION');
+      let result: T;
+      try {
+        result = await fn(db);
+      } catch (error) {
+        await db.run('ROLLBACK').catch(() => undefined);
+        throw error;
+      }
+      try {
+        await db.run('COMMIT');
+      } catch (error) {
+        // A failed COMMIT has usually rolled back already; make sure no transaction stays open on the session.
+        await db.run('ROLLBACK').catch(() => undefined);
+        throw error;
+      }
+      return result;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.queue;
+    this.closed = true;
+    this.connection.closeSync();
+    this.onClose();
+  }
+
+  private async execute(sql: string, params: readonly DuckDbParam[] = []): Promise<Record<string, unknown>[]> {
+    // prepare() takes exactly one statement: text after a `;` is an error, never a second statement.
+    const statement = await this.connection.prepare(sql);
+    try {
+      if (params.length > 0) statement.bind(params as DuckDBValue[]);
+      const reader = await statement.runAndReadAll();
+      return reader.getRowObjectsJS().map(toPlainRow);
+    } finally {
+      statement.destroySync();
+    }
+  }
+}
+
+class Handle implements DuckDb {
+  private readonly sessions = new Set<Session>();
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    private readonly key: string | null,
+    private readonly shared: SharedInstance,
+    private readonly main: Session,
+  ) {}
+
+  run(sql: string, params?: readonly DuckDbParam[]): Promise<void> {
+    return this.main.run(sql, params);
+  }
+
+  all<T = Record<string, unknown>>(sql: string, params?: readonly DuckDbParam[]): Promise<T[]> {
+    return this.main.all<T>(sql, params);
+  }
+
+  exclusive<T>(fn: (db: DuckDbStatements) => Promise<T>): Promise<T> {
+    return this.main.exclusive(fn);
+  }
+
+  transaction<T>(fn: (db: DuckDbStatements) => Promise<T>): Promise<T> {
+    return this.main.transaction(fn);
+  }
+
+  async session(): Promise<DuckDbSession> {
+    if (this.closed) throw new Error('The DuckDB database is closed.');
+    const session: Session = new Session(await this.shared.instance.connect(), () => this.sessions.delete(session));
+    this.sessions.add(session);
+    return session;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.sessions].map((session) => session.close()));
+    await this.main.close();
+    release(this.key, this.shared);
+  }
+}
+
+/**
+ * Converts a bigint from DuckDB (COUNT is BIGINT, SUM of BIGINT is HUGEINT) to a number, refusing values a double
+ * cannot hold exactly: a total that is silently off is worse than an error.
+ */
+export function toSafeNumber(value: bigint, what = 'value'): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < BigInt(Number.MIN_SAFE_INTEGER)) {
+    throw new RangeError(`${what} ${value} is beyond the exact range of a JS number`);
+  }
+  return Number(value);
+}
+
+function toPlainRow(row: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [column, value] of Object.entries(row)) out[column] = toPlainValue(value, column);
+  return out;
+}
+
+function toPlainValue(value: unknown, column: string): unknown {
+  if (typeof value === 'bigint') return toSafeNumber(value, column);
+  if (Array.isArray(value)) return value.map((item) => toPlainValue(item, column));
+  if (value !== null && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+    const out: Record<string, unknown> = {};
+    for (const [key, item] of Object.entries(value)) out[key] = toPlainValue(item, column);
+    return out;
+  }
+  return value;
+}
+
+/** Quotes a string as a SQL literal, for the few places DuckDB takes no parameters (a view's file list). */
+export function sqlStringLiteral(value: string): string {
+  return `'${value.replaceAll("'", "''")}'`;
+}
