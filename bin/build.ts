@@ -25,11 +25,21 @@ export function formatBundleTable(reports: readonly BundleReport[]): string {
     .join('\n');
 }
 
+/** The source files that weigh most in a bundle, largest first. */
+export function formatLargestInputs(bundle: BundleReport, count = 8): string {
+  return Object.entries(bundle.inputs)
+    .sort(([, a], [, b]) => b - a)
+    .slice(0, count)
+    .map(([file, bytes]) => `${kb(bytes).padStart(8)} KB  ${file}`)
+    .join('\n');
+}
+
 async function main(): Promise<void> {
   const outDir = process.argv[2] ?? 'dist';
   const reports = await bundleLambdas(outDir);
   console.log(formatBundleTable(reports));
   const proxy = reports.find((r) => r.name === 'proxy');
+  if (proxy) console.log(`\nlargest inputs of the proxy bundle:\n${formatLargestInputs(proxy)}`);
   if (proxy && proxy.bytes > PROXY_BUNDLE_BUDGET_BYTES) {
     console.error(`proxy bundle is ${kb(proxy.bytes)} KB, over its ${kb(PROXY_BUNDLE_BUDGET_BYTES)} KB budget`);
     process.exitCode = 1;

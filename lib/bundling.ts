@@ -160,6 +160,8 @@ export interface BundleReport {
   readonly file: string;
   readonly bytes: number;
   readonly gzipBytes: number;
+  /** Bytes each bundled source file contributes to the output, keyed by path relative to the project root. */
+  readonly inputs: Readonly<Record<string, number>>;
 }
 
 /**
@@ -180,9 +182,11 @@ export async function bundleLambdas(outDir: string, choices: LambdaBundlingChoic
   const reports: BundleReport[] = [];
   for (const item of plan) {
     const entry = LAMBDA_ENTRIES[item.name];
-    await build(esbuildBuildOptions(entry, item.file, { ...choices, external: item.external }));
+    const result = await build({ ...esbuildBuildOptions(entry, item.file, { ...choices, external: item.external }), metafile: true });
     const content = await fs.readFile(item.file);
-    reports.push({ name: item.name, entry, file: item.file, bytes: content.length, gzipBytes: gzipSync(content).length });
+    const output = Object.values(result.metafile.outputs).find((o) => o.entryPoint !== undefined);
+    const inputs = Object.fromEntries(Object.entries(output?.inputs ?? {}).map(([file, i]) => [file, i.bytesInOutput]));
+    reports.push({ name: item.name, entry, file: item.file, bytes: content.length, gzipBytes: gzipSync(content).length, inputs });
   }
   return reports;
 }

@@ -27,6 +27,9 @@ export const ACCESS_LOG_FIELDS: Readonly<Record<string, string>> = {
   integrationError: '$context.integration.error',
 };
 
+/** Content types of OpenAI-style uploads (`/v1/audio/transcriptions`, `/v1/files`, image edits). */
+export const DEFAULT_BINARY_MEDIA_TYPES: readonly string[] = ['multipart/form-data', 'application/octet-stream', 'audio/*', 'image/*'];
+
 /** Stage-wide request rate limits. */
 export interface GatewayThrottle {
   /** Steady-state requests per second across all clients. */
@@ -56,6 +59,12 @@ export interface GatewayApiProps {
    * @default Duration.minutes(15)
    */
   readonly proxyTimeout?: Duration;
+  /**
+   * Request content types API Gateway passes to the functions base64-encoded instead of as UTF-8 text, so
+   * uploads (audio transcription, files, images) reach the upstream byte for byte. JSON stays text.
+   * @default DEFAULT_BINARY_MEDIA_TYPES
+   */
+  readonly binaryMediaTypes?: readonly string[];
   /**
    * Retention of the access log group.
    * @default logs.RetentionDays.THREE_MONTHS
@@ -101,6 +110,7 @@ export class GatewayApi extends Construct {
     this.restApi = new apigateway.RestApi(this, 'RestApi', {
       description: 'LLM usage gateway: OpenAI-compatible proxy and metrics API',
       endpointConfiguration: { types: [apigateway.EndpointType.REGIONAL] },
+      binaryMediaTypes: [...(props.binaryMediaTypes ?? DEFAULT_BINARY_MEDIA_TYPES)],
       cloudWatchRole: props.executionLogLevel !== undefined,
       deployOptions: {
         stageName: props.stageName ?? 'prod',

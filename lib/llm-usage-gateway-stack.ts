@@ -116,7 +116,7 @@ export class LlmUsageGatewayStack extends Stack {
     Validations.of(this.adminKeySecret).acknowledge({
       id: 'AwsSolutions-SMG4',
       reason:
-        'The admin key is a static API key that operators hand to dashboard and script users; automatic rotation would silently lock them out. Rotate it on purpose by replacing the secret (e.g. changing the construct id) and redeploying.',
+        'The admin key is a static API key that operators hand to dashboard and script users; automatic rotation would silently lock them out. Operators rotate it on purpose with `aws secretsmanager put-secret-value` (a new {"key": ...}); later deployments never regenerate it.',
     });
 
     const functionOptions = { logLevel: props.logLevel, sourceMap: props.sourceMap };
@@ -160,6 +160,5 @@ export class LlmUsageGatewayStack extends Stack {
       value: this.counters.table.tableName,
     });
     new CfnOutput(this, 'AthenaWorkGroupName', { description: 'Athena workgroup', value: this.queries.workGroupName });
-
   }
 }

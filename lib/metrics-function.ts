@@ -20,7 +20,7 @@ export interface MetricsFunctionProps extends GatewayFunctionOptions {
   readonly adminKeySecret: secretsmanager.ISecret;
   /**
    * How long the function waits for an Athena query before answering that it is still running
-   * (`QUERY_WAIT_MS`). Must stay under API Gateway's 29 s limit for buffered integrations.
+   * (`QUERY_WAIT_MS`). At most 28 s: API Gateway cuts buffered integrations at 29 s.
    * @default Duration.seconds(20)
    */
   readonly queryWait?: Duration;
@@ -51,8 +51,10 @@ export class MetricsFunction extends Construct {
     super(scope, id);
     const { counters, usageLog, queries, adminKeySecret } = props;
     const queryWait = props.queryWait ?? Duration.seconds(20);
-    if (!queryWait.isUnresolved() && queryWait.toMilliseconds() >= 29_000) {
-      throw new Error(`queryWait must be below API Gateway's 29 s integration limit, got ${queryWait.toHumanString()}`);
+    // The function still has to answer after the wait, before API Gateway's 29 s cut; the config parser in
+    // lambda/aws/aws-config.ts accepts at most 28 s for the same reason.
+    if (!queryWait.isUnresolved() && queryWait.toMilliseconds() > 28_000) {
+      throw new Error(`queryWait must be at most 28 s, below API Gateway's 29 s integration limit; got ${queryWait.toHumanString()}`);
     }
     this.function = createGatewayFunction(this, 'Function', {
       runtime: props.runtime,

@@ -96,9 +96,10 @@ function urlFrom(event: APIGatewayProxyEvent, headers: Headers): string {
   return `${proto}://${host}${path}${search === '' ? '' : `?${search}`}`;
 }
 
-function bodyFrom(event: APIGatewayProxyEvent, method: string): Uint8Array | string | undefined {
+function bodyFrom(event: APIGatewayProxyEvent, method: string): Uint8Array | undefined {
   if (method === 'GET' || method === 'HEAD' || event.body === null || event.body === undefined) return undefined;
-  return event.isBase64Encoded ? Buffer.from(event.body, 'base64') : event.body;
+  // Bytes even for a text body: given a string, Request would add a content-type the client never sent.
+  return Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8');
 }
 
 /** Hop-by-hop headers describe one connection; API Gateway runs its own, so they are not passed on. */

@@ -39,8 +39,8 @@ const RESULT_REUSE_MINUTES = 5;
 const POLL_GROWTH = 1.6;
 /** Athena query execution ids are UUIDs. */
 const QUERY_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-/** Glue database and table names: letters, digits, underscores (hyphens appear in some database names). */
-const GLUE_NAME = /^[A-Za-z0-9_-]{1,255}$/;
+/** Database and table names the usage SQL takes as a quoted identifier: letters, digits and underscores. */
+const GLUE_NAME = /^[A-Za-z0-9_]{1,255}$/;
 const NUMERIC_COLUMNS = [
   'requests',
   'errors',
@@ -177,7 +177,8 @@ export class AthenaHistoryStore implements HistoryStore {
     const state = execution.Status?.State;
     if (state === 'SUCCEEDED') return { state: 'done', rows: await this.rows(queryId) };
     if (state === 'FAILED' || state === 'CANCELLED') {
-      const reason = execution.Status?.StateChangeReason ?? execution.Status?.AthenaError?.ErrorMessage ?? 'no reason given';
+      const status = execution.Status;
+      const reason = status?.StateChangeReason ?? status?.AthenaError?.ErrorMessage ?? 'no reason given';
       this.log.warn('history_query_failed', { query_id: queryId, state, reason });
       throw new UpstreamError('history_query_failed', `The Athena query ${state.toLowerCase()}: ${reason}`);
     }

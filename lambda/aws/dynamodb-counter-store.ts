@@ -12,8 +12,9 @@
  *    If it holds our own token, an earlier attempt of this very call wrote it: carry on. The token makes the claim
  *    safe to retry even when a put's outcome was unknown.
  * 2. Add: `UpdateItem` with `ADD` on the all-time, day, month and per-model items (`SET if_not_exists` for
- *    `first_active`; `last_active` moves only forwards, see {@link DynamoDbCounterStore}). DynamoDB offers no
- *    transaction here that the local test engine speaks, and an `ADD` is not idempotent, so:
+ *    `first_active`; `last_active` moves only forwards, see {@link DynamoDbCounterStore}). A transaction would
+ *    tie claim and additions together, but at twice the write cost and not in the local engine the tests run on
+ *    (dynalite); without one, and since an `ADD` is not idempotent:
  *    - only failures DynamoDB documents as "not applied" are retried, with jittered exponential backoff:
  *      `ThrottlingException`, `ProvisionedThroughputExceededException`, `RequestLimitExceeded`, and failures
  *      before the request left (connection refused, DNS, credentials, connect timeout);
@@ -31,16 +32,18 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
+  BatchGetItemCommand,
   DeleteItemCommand,
   DynamoDBClient,
   GetItemCommand,
   PutItemCommand,
   QueryCommand,
   UpdateItemCommand,
-  BatchGetItemCommand,
   type AttributeValue,
   type DynamoDBClientConfig,
+  type QueryCommandInput,
   type QueryCommandOutput,
+  type UpdateItemCommandInput,
 } from '@aws-sdk/client-dynamodb';
 import { BadRequestError } from '../core/errors';
 import { describeError, silentLogger, type Logger } from '../core/log';
@@ -96,7 +99,14 @@ const THROTTLING_ERRORS = new Set([
 ]);
 
 /** Node socket errors that happen before a single request byte is written. */
-const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
+const NOT_SENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+]);
 
 /** Classifies an error thrown by `DynamoDBClient.send`. */
 export function classifyDynamoDbFailure(error: unknown): DynamoDbFailureKind {
@@ -136,7 +146,7 @@ function backoffMs(policy: RetryPolicy | undefined, attempt: number): number {
 /**
  * Sends a command, retrying only what `idempotent` allows: `retryable` failures always, `ambiguous` ones only
  * when repeating the call cannot change the outcome (reads, token-guarded writes). Throws the last error.
- * `makeCommand` builds a fresh command per attempt.
+ * `call` sends a fresh command on every attempt.
  * @example await sendWithRetry(() => client.send(new GetItemCommand(input)), { idempotent: true })
  */
 export async function sendWithRetry<T>(
@@ -150,7 +160,7 @@ export async function sendWithRetry<T>(
       return await call();
     } catch (error) {
       const kind = classifyDynamoDbFailure(error);
-      const repeatable = kind !== 'rejected';
+      const repeatable = kind === 'retryable' || (kind === 'ambiguous' && options.idempotent);
       if (!repeatable || attempt >= maxAttempts) throw error;
       await sleep(backoffMs(options.policy, attempt));
     }
@@ -230,6 +240,8 @@ export interface DynamoDbCounterStoreOptions {
 
 const DAY_SECONDS = 86_400;
 const MAX_CURSOR_LENGTH = 32_768;
+/** DynamoDB's limit for a partition key value (in bytes; characters are a cheap first bound). */
+const MAX_KEY_LENGTH = 2048;
 
 /** Totals attribute names; the same in every period. */
 const TOTALS_NUMBERS = [
@@ -301,6 +313,10 @@ export class DynamoDbCounterStore implements CounterStore {
     if (failures.length > 0) throw new CounterWriteError(failures);
   }
 
+  /**
+   * One Query per shard of the period's ranking partition, merged. The cursor holds, per shard, the last user
+   * taken from it (or that it is exhausted), so the next page resumes every shard exactly where it stopped.
+   */
   async listUsers(query: ListUsersQuery): Promise<UserPage> {
     if (!Number.isSafeInteger(query.limit) || query.limit < 1) {
       throw new BadRequestError('invalid_limit', 'limit must be a positive integer.', { param: 'limit' });
@@ -311,35 +327,30 @@ export class DynamoDbCounterStore implements CounterStore {
     const sk = totalsSortKey(query.period, periodKey);
     const descending = query.order === 'desc';
 
-    const shards = start.map(
-      (position, shard) =>
-        new ShardReader(position, (exclusiveStart, limit) =>
-          this.send(
-            () =>
-              this.client.send(new QueryCommand({
-                TableName: this.tableName,
-                IndexName: indexName,
-                KeyConditionExpression: '#p = :p',
-                ExpressionAttributeNames: { '#p': PERIOD_ATTRIBUTE },
-                ExpressionAttributeValues: { ':p': { S: periodPartition(query.period, periodKey, shard) } },
-                ScanIndexForward: !descending,
-                Limit: limit,
-                ...(exclusiveStart && {
-                  ExclusiveStartKey: {
-                    [PERIOD_ATTRIBUTE]: { S: periodPartition(query.period, periodKey, shard) },
-                    [sortKey]: { N: exclusiveStart[0] },
-                    [PARTITION_KEY]: { S: exclusiveStart[1] },
-                    [SORT_KEY]: { S: sk },
-                  },
-                }),
-              })),
-            true,
-          ),
-        ),
-    );
+    const shards = start.map((position, shard) => {
+      const partition = periodPartition(query.period, periodKey, shard);
+      return new ShardReader(position, (after, limit) =>
+        this.query({
+          IndexName: indexName,
+          KeyConditionExpression: '#p = :p',
+          ExpressionAttributeNames: { '#p': PERIOD_ATTRIBUTE },
+          ExpressionAttributeValues: { ':p': { S: partition } },
+          ScanIndexForward: !descending,
+          Limit: limit,
+          ...(after && {
+            ExclusiveStartKey: {
+              [PERIOD_ATTRIBUTE]: { S: partition },
+              [sortKey]: { N: after[0] },
+              [PARTITION_KEY]: { S: after[1] },
+              [SORT_KEY]: { S: sk },
+            },
+          }),
+        }),
+      );
+    });
 
-    // k-way merge: take the best head among the shards until the page is full; each shard's own order is the
-    // index order, so taking heads only ever moves each shard's position forwards.
+    // k-way merge: each shard comes in index order, so repeatedly taking the best head yields the global order.
+    // One more than a page per shard tells, without another round trip, whether a shard has more.
     const fetchLimit = query.limit + 1;
     const users: UserTotals[] = [];
     const sortValue = (item: Item) => Number(item[sortKey]?.N ?? '0');
@@ -350,48 +361,51 @@ export class DynamoDbCounterStore implements CounterStore {
         const head = reader.head();
         if (!head) continue;
         const bestHead = best?.head();
-        if (!bestHead) {
+        // On a tie the lower shard goes first; any fixed rule keeps the paging exact.
+        if (!bestHead || (descending ? sortValue(head) > sortValue(bestHead) : sortValue(head) < sortValue(bestHead))) {
           best = reader;
-          continue;
         }
-        const a = sortValue(head);
-        const b = sortValue(bestHead);
-        if (descending ? a > b : a < b) best = reader;
       }
       if (!best) break;
       const item = best.take(sortKey);
       users.push({ user_id: userIdOfPartitionKey(item[PARTITION_KEY]!.S!), ...totalsOf(item) });
     }
     await Promise.all(shards.map((s) => s.fill(fetchLimit)));
-    const more = shards.some((s) => s.hasMore());
-    return {
-      users,
-      nextCursor: more
-        ? encodeCursor({
-            v: 1,
-            p: periodName(query.period, periodKey),
-            s: query.sort,
-            o: query.order,
-            k: shards.map((s) => s.position()),
-          })
-        : null,
+    if (!shards.some((s) => s.hasMore())) return { users, nextCursor: null };
+    const state: CursorState = {
+      v: 1,
+      p: periodName(query.period, periodKey),
+      s: query.sort,
+      o: query.order,
+      k: shards.map((s) => s.position()),
     };
+    return { users, nextCursor: Buffer.from(JSON.stringify(state), 'utf8').toString('base64url') };
   }
 
+  /**
+   * Three point reads (all-time, day, month) in one BatchGetItem plus a Query of the user's `M#` items. A Query
+   * of the whole user partition would be one call, but it would also read every day and month item the user
+   * ever had (hundreds for an active user) to return three of them.
+   */
   async getUser(userId: string | null, day: string, month: string): Promise<UserDetail | null> {
     const pk = userPartitionKey(userId);
-    const wanted = [totalsSortKey('all', ''), totalsSortKey('day', day), totalsSortKey('month', month)];
-    const [totals, models] = await Promise.all([this.getTotalsItems(pk, wanted), this.queryModels(pk)]);
-    const all = totals.get(wanted[0]!);
+    const allSk = totalsSortKey('all', '');
+    const daySk = totalsSortKey('day', day);
+    const monthSk = totalsSortKey('month', month);
+    const [totals, byModel] = await Promise.all([
+      this.getTotalsItems(pk, [allSk, daySk, monthSk]),
+      this.queryModels(pk),
+    ]);
+    const all = totals.get(allSk);
     if (!all) return null;
-    const day_ = totals.get(wanted[1]!);
-    const month_ = totals.get(wanted[2]!);
+    const dayItem = totals.get(daySk);
+    const monthItem = totals.get(monthSk);
     return {
       user_id: userId,
-      day: day_ ? totalsOf(day_) : null,
-      month: month_ ? totalsOf(month_) : null,
+      day: dayItem ? totalsOf(dayItem) : null,
+      month: monthItem ? totalsOf(monthItem) : null,
       all: totalsOf(all),
-      byModel: models,
+      byModel,
     };
   }
 
@@ -402,8 +416,8 @@ export class DynamoDbCounterStore implements CounterStore {
     if (maxAttempts !== 1) {
       this.clientChecked = undefined;
       throw new CounterStoreConfigError(
-        `The counter store needs a DynamoDB client with maxAttempts: 1 (got ${maxAttempts}); the SDK's own retries ` +
-          'could apply an ADD twice. Use createCounterStoreClient().',
+        `The counter store needs a DynamoDB client with maxAttempts: 1 (got ${maxAttempts}); the SDK's own ` +
+          'retries could apply an ADD twice. Use createCounterStoreClient().',
       );
     }
   }
@@ -416,27 +430,34 @@ export class DynamoDbCounterStore implements CounterStore {
     const month = day.slice(0, 7);
 
     try {
-      const claimed = await this.claim(event, token, userPk);
-      if (!claimed) {
+      if (!(await this.claim(event, token, userPk))) {
         this.logger.debug('counter update skipped: request already counted', { request_id: requestId });
         return null;
       }
     } catch (error) {
-      // The claim is token-guarded, so it was retried through ambiguity; what is left is a marker that may or
-      // may not exist. Removing our own marker makes the outcome definite.
+      // The claim was retried through ambiguity and still failed: our marker may or may not exist. Removing it
+      // (if it is ours) makes the outcome definite.
       return this.giveUp(requestId, token, error, 'claim');
     }
 
-    const writes: Promise<void>[] = [
-      this.addTotals(userPk, { sk: totalsSortKey('all', ''), period: 'ALL', expiresAt: null }, event),
-      this.addTotals(userPk, { sk: totalsSortKey('day', day), period: 'D#' + day, expiresAt: expiry(day, DAY_TOTALS_TTL_DAYS) }, event),
-      this.addTotals(userPk, { sk: totalsSortKey('month', month), period: 'M#' + month, expiresAt: expiry(month + '-01', MONTH_TOTALS_TTL_DAYS) }, event),
+    const writes = [
+      this.addTotals(userPk, event, { sk: totalsSortKey('all', ''), period: 'ALL', expiresAt: null }),
+      this.addTotals(userPk, event, {
+        sk: totalsSortKey('day', day),
+        period: periodName('day', day),
+        expiresAt: expiry(day, DAY_TOTALS_TTL_DAYS),
+      }),
+      this.addTotals(userPk, event, {
+        sk: totalsSortKey('month', month),
+        period: periodName('month', month),
+        expiresAt: expiry(`${month}-01`, MONTH_TOTALS_TTL_DAYS),
+      }),
     ];
     if (event.model !== null) writes.push(this.addModel(userPk, event.model, event));
     const results = await Promise.allSettled(writes);
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed.length > 0) {
-      const cause = failed[0]!.reason;
+      const cause: unknown = failed[0]!.reason;
       const noneLanded =
         failed.length === results.length && failed.every((r) => classifyDynamoDbFailure(r.reason) !== 'ambiguous');
       if (noneLanded) return this.giveUp(requestId, token, cause, 'add');
@@ -448,19 +469,17 @@ export class DynamoDbCounterStore implements CounterStore {
     }
 
     try {
-      await this.send(
-        () =>
-          this.client.send(new UpdateItemCommand({
-            TableName: this.tableName,
-            Key: markerKey(requestId),
-            UpdateExpression: 'SET #applied = :yes',
-            ExpressionAttributeNames: { '#applied': 'applied' },
-            ExpressionAttributeValues: { ':yes': { BOOL: true } },
-          })),
+      await this.update(
+        {
+          Key: markerKey(requestId),
+          UpdateExpression: 'SET #applied = :yes',
+          ExpressionAttributeNames: { '#applied': 'applied' },
+          ExpressionAttributeValues: { ':yes': { BOOL: true } },
+        },
         true,
       );
     } catch (error) {
-      // The totals are complete; only the bookkeeping flag is stale, which the reconcile finds consistent.
+      // The totals are complete; only the flag is stale, and the reconcile finds nothing to repair.
       this.logger.warn('counter marker not confirmed', { request_id: requestId, error: describeError(error) });
     }
     return null;
@@ -472,38 +491,42 @@ export class DynamoDbCounterStore implements CounterStore {
     try {
       await this.send(
         () =>
-          this.client.send(new PutItemCommand({
-            TableName: this.tableName,
-            Item: {
-              ...markerKey(event.request_id),
-              token: { S: token },
-              applied: { BOOL: false },
-              user_pk: { S: userPk },
-              ts: { S: event.ts },
-              created_at: { S: new Date(nowMs).toISOString() },
-              [TTL_ATTRIBUTE]: { N: String(Math.floor(nowMs / 1000) + REQUEST_MARKER_TTL_DAYS * DAY_SECONDS) },
-            },
-            ConditionExpression: 'attribute_not_exists(#pk)',
-            ExpressionAttributeNames: { '#pk': PARTITION_KEY },
-          })),
+          this.client.send(
+            new PutItemCommand({
+              TableName: this.tableName,
+              Item: {
+                ...markerKey(event.request_id),
+                token: { S: token },
+                applied: { BOOL: false },
+                user_pk: { S: userPk },
+                ts: { S: event.ts },
+                created_at: { S: new Date(nowMs).toISOString() },
+                [TTL_ATTRIBUTE]: { N: String(Math.floor(nowMs / 1000) + REQUEST_MARKER_TTL_DAYS * DAY_SECONDS) },
+              },
+              ConditionExpression: 'attribute_not_exists(#pk)',
+              ExpressionAttributeNames: { '#pk': PARTITION_KEY },
+            }),
+          ),
         true,
       );
       return true;
     } catch (error) {
       if (!isConditionFailure(error)) throw error;
     }
-    const existing = await this.send(
+    const { Item } = await this.send(
       () =>
-        this.client.send(new GetItemCommand({
-          TableName: this.tableName,
-          Key: markerKey(event.request_id),
-          ConsistentRead: true,
-          ProjectionExpression: '#token',
-          ExpressionAttributeNames: { '#token': 'token' },
-        })),
+        this.client.send(
+          new GetItemCommand({
+            TableName: this.tableName,
+            Key: markerKey(event.request_id),
+            ConsistentRead: true,
+            ProjectionExpression: '#token',
+            ExpressionAttributeNames: { '#token': 'token' },
+          }),
+        ),
       true,
     );
-    return existing.Item?.['token']?.S === token;
+    return Item?.['token']?.S === token;
   }
 
   /** Nothing was added: remove our marker so the event can be recorded again, else report it as uncertain. */
@@ -516,16 +539,19 @@ export class DynamoDbCounterStore implements CounterStore {
     try {
       await this.send(
         () =>
-          this.client.send(new DeleteItemCommand({
-            TableName: this.tableName,
-            Key: markerKey(requestId),
-            ConditionExpression: '#token = :token',
-            ExpressionAttributeNames: { '#token': 'token' },
-            ExpressionAttributeValues: { ':token': { S: token } },
-          })),
+          this.client.send(
+            new DeleteItemCommand({
+              TableName: this.tableName,
+              Key: markerKey(requestId),
+              ConditionExpression: '#token = :token',
+              ExpressionAttributeNames: { '#token': 'token' },
+              ExpressionAttributeValues: { ':token': { S: token } },
+            }),
+          ),
         true,
       );
     } catch (error) {
+      // A failed condition means the marker is absent or not ours: either way ours is not in the way.
       if (!isConditionFailure(error)) {
         this.logger.error('counter update failed and its marker could not be removed', {
           request_id: requestId,
@@ -539,10 +565,16 @@ export class DynamoDbCounterStore implements CounterStore {
     return { requestId, outcome: 'not_applied', cause };
   }
 
-  private async addTotals(userPk: string, target: TotalsTarget, event: UsageEvent): Promise<void> {
+  private async addTotals(userPk: string, event: UsageEvent, target: TotalsTarget): Promise<void> {
     const increments = incrementsOf(event);
     const tsMs = Date.parse(event.ts);
-    const names: Record<string, string> = { '#period': PERIOD_ATTRIBUTE };
+    const names: Record<string, string> = {
+      '#period': PERIOD_ATTRIBUTE,
+      '#first': 'first_active',
+      '#first_ms': 'first_active_ms',
+      '#last': 'last_active',
+      '#last_ms': 'last_active_ms',
+    };
     const values: Item = {
       ':period': { S: `${target.period}#${shardOfUser(userPk)}` },
       ':ts': { S: event.ts },
@@ -559,47 +591,37 @@ export class DynamoDbCounterStore implements CounterStore {
       values[':exp'] = { N: String(target.expiresAt) };
       sets.push('#exp = :exp');
     }
-    const update = (extraSets: readonly string[], condition?: string) =>
-      this.send(
-        () =>
-          this.client.send(new UpdateItemCommand({
-            TableName: this.tableName,
-            Key: { [PARTITION_KEY]: { S: userPk }, [SORT_KEY]: { S: target.sk } },
-            UpdateExpression: `ADD ${adds.join(', ')} SET ${[...sets, ...extraSets].join(', ')}`,
-            ExpressionAttributeValues: values,
-            ExpressionAttributeNames: {
-              ...names,
-              '#first': 'first_active',
-              '#first_ms': 'first_active_ms',
-              '#last': 'last_active',
-              '#last_ms': 'last_active_ms',
-            },
-            ...(condition && { ConditionExpression: condition, ReturnValuesOnConditionCheckFailure: 'ALL_OLD' }),
-          })),
-        false,
-      );
+    const add = (moreSets: readonly string[], condition?: string) =>
+      this.update({
+        Key: { [PARTITION_KEY]: { S: userPk }, [SORT_KEY]: { S: target.sk } },
+        UpdateExpression: `ADD ${adds.join(', ')} SET ${[...sets, ...moreSets].join(', ')}`,
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+        // Where supported, the failed condition hands back the item, which spares a blind second attempt.
+        ...(condition && { ConditionExpression: condition, ReturnValuesOnConditionCheckFailure: 'ALL_OLD' }),
+      });
     const keepFirst = ['#first = if_not_exists(#first, :ts)', '#first_ms = if_not_exists(#first_ms, :ms)'];
     const keepLast = ['#last = if_not_exists(#last, :ts)', '#last_ms = if_not_exists(#last_ms, :ms)'];
 
-    let old: Item | undefined;
+    let current: Item | undefined;
     try {
-      // The usual case: the newest request of the period so far.
-      await update([...keepFirst, '#last = :ts', '#last_ms = :ms'], 'attribute_not_exists(#last_ms) OR #last_ms <= :ms');
+      // The usual case: the latest request of the period so far.
+      await add([...keepFirst, '#last = :ts', '#last_ms = :ms'], 'attribute_not_exists(#last_ms) OR #last_ms <= :ms');
       return;
     } catch (error) {
       if (!isConditionFailure(error)) throw error;
-      old = (error as { Item?: Item }).Item;
+      current = (error as { Item?: Item }).Item;
     }
-    const firstMs = old?.['first_active_ms']?.N;
+    const firstMs = current?.['first_active_ms']?.N;
     if (firstMs === undefined || Number(firstMs) > tsMs) {
       try {
-        await update(['#first = :ts', '#first_ms = :ms', ...keepLast], '#first_ms > :ms');
+        await add(['#first = :ts', '#first_ms = :ms', ...keepLast], '#first_ms > :ms');
         return;
       } catch (error) {
         if (!isConditionFailure(error)) throw error;
       }
     }
-    await update([...keepFirst, ...keepLast]);
+    await add([...keepFirst, ...keepLast]);
   }
 
   private async addModel(userPk: string, model: string, event: UsageEvent): Promise<void> {
@@ -611,17 +633,12 @@ export class DynamoDbCounterStore implements CounterStore {
       values[`:n${i}`] = { N: String(increments[attr]) };
       return `#n${i} :n${i}`;
     });
-    await this.send(
-      () =>
-        this.client.send(new UpdateItemCommand({
-          TableName: this.tableName,
-          Key: { [PARTITION_KEY]: { S: userPk }, [SORT_KEY]: { S: MODEL_TOTALS_PREFIX + model } },
-          UpdateExpression: `ADD ${adds.join(', ')} SET #model = :model`,
-          ExpressionAttributeNames: names,
-          ExpressionAttributeValues: values,
-        })),
-      false,
-    );
+    await this.update({
+      Key: { [PARTITION_KEY]: { S: userPk }, [SORT_KEY]: { S: MODEL_TOTALS_PREFIX + model } },
+      UpdateExpression: `ADD ${adds.join(', ')} SET #model = :model`,
+      ExpressionAttributeNames: names,
+      ExpressionAttributeValues: values,
+    });
   }
 
   // --- reading ---------------------------------------------------------------------------------------------------
@@ -629,15 +646,20 @@ export class DynamoDbCounterStore implements CounterStore {
   private async getTotalsItems(pk: string, sks: readonly string[]): Promise<Map<string, Item>> {
     const found = new Map<string, Item>();
     let keys: Item[] = sks.map((sk) => ({ [PARTITION_KEY]: { S: pk }, [SORT_KEY]: { S: sk } }));
-    const policy = this.retry;
     for (let attempt = 1; keys.length > 0; attempt++) {
-      const out = await this.send(() => this.client.send(new BatchGetItemCommand({ RequestItems: { [this.tableName]: { Keys: keys } } })), true);
+      const batch = keys;
+      const out = await this.send(
+        () => this.client.send(new BatchGetItemCommand({ RequestItems: { [this.tableName]: { Keys: batch } } })),
+        true,
+      );
       for (const item of out.Responses?.[this.tableName] ?? []) found.set(item[SORT_KEY]!.S!, item);
       keys = out.UnprocessedKeys?.[this.tableName]?.Keys ?? [];
       if (keys.length > 0) {
-        // Unprocessed keys are DynamoDB's way of throttling part of a batch.
-        if (attempt >= (policy?.maxAttempts ?? 6)) throw new Error('DynamoDB left keys of a BatchGetItem unprocessed.');
-        await (policy?.sleep ?? defaultSleep)(backoffMs(policy, attempt));
+        // Unprocessed keys are how a BatchGetItem reports throttling of part of the batch.
+        if (attempt >= (this.retry?.maxAttempts ?? 6)) {
+          throw new Error('DynamoDB left keys of a BatchGetItem unprocessed through every attempt.');
+        }
+        await (this.retry?.sleep ?? defaultSleep)(backoffMs(this.retry, attempt));
       }
     }
     return found;
@@ -647,18 +669,12 @@ export class DynamoDbCounterStore implements CounterStore {
     const models: ModelTotals[] = [];
     let start: Item | undefined;
     do {
-      const exclusiveStart = start;
-      const out = await this.send(
-        () =>
-          this.client.send(new QueryCommand({
-            TableName: this.tableName,
-            KeyConditionExpression: '#pk = :pk AND begins_with(#sk, :m)',
-            ExpressionAttributeNames: { '#pk': PARTITION_KEY, '#sk': SORT_KEY },
-            ExpressionAttributeValues: { ':pk': { S: pk }, ':m': { S: MODEL_TOTALS_PREFIX } },
-            ...(exclusiveStart && { ExclusiveStartKey: exclusiveStart }),
-          })),
-        true,
-      );
+      const out = await this.query({
+        KeyConditionExpression: '#pk = :pk AND begins_with(#sk, :m)',
+        ExpressionAttributeNames: { '#pk': PARTITION_KEY, '#sk': SORT_KEY },
+        ExpressionAttributeValues: { ':pk': { S: pk }, ':m': { S: MODEL_TOTALS_PREFIX } },
+        ...(start && { ExclusiveStartKey: start }),
+      });
       for (const item of out.Items ?? []) {
         models.push({
           model: item['model']?.S ?? item[SORT_KEY]!.S!.slice(MODEL_TOTALS_PREFIX.length),
@@ -670,13 +686,15 @@ export class DynamoDbCounterStore implements CounterStore {
       }
       start = out.LastEvaluatedKey;
     } while (start);
-    return models.sort((a, b) => b.cost_nano_usd - a.cost_nano_usd || b.requests - a.requests || (a.model < b.model ? -1 : 1));
+    return models.sort(
+      (a, b) => b.cost_nano_usd - a.cost_nano_usd || b.requests - a.requests || (a.model < b.model ? -1 : 1),
+    );
   }
 
   private decodeCursor(query: ListUsersQuery, periodKey: string): ShardPosition[] {
     const invalid = () =>
       new BadRequestError('invalid_cursor', 'cursor is not a cursor of this listing.', { param: 'cursor' });
-    const raw = query.cursor!;
+    const raw = query.cursor ?? '';
     if (raw.length === 0 || raw.length > MAX_CURSOR_LENGTH || !/^[A-Za-z0-9_-]+$/.test(raw)) throw invalid();
     let state: unknown;
     try {
@@ -689,6 +707,20 @@ export class DynamoDbCounterStore implements CounterStore {
       throw invalid();
     }
     return state.k;
+  }
+
+  // --- calls -----------------------------------------------------------------------------------------------------
+
+  /** An UpdateItem; not idempotent unless said so, so only definite failures are retried. */
+  private update(input: Omit<UpdateItemCommandInput, 'TableName'>, idempotent = false) {
+    return this.send(
+      () => this.client.send(new UpdateItemCommand({ TableName: this.tableName, ...input })),
+      idempotent,
+    );
+  }
+
+  private query(input: Omit<QueryCommandInput, 'TableName'>): Promise<QueryCommandOutput> {
+    return this.send(() => this.client.send(new QueryCommand({ TableName: this.tableName, ...input })), true);
   }
 
   private send<T>(call: () => Promise<T>, idempotent: boolean): Promise<T> {
@@ -715,10 +747,6 @@ function initialPositions(): ShardPosition[] {
   return Array.from({ length: PERIOD_SHARDS }, () => null);
 }
 
-function encodeCursor(state: CursorState): string {
-  return Buffer.from(JSON.stringify(state), 'utf8').toString('base64url');
-}
-
 function isCursorState(value: unknown): value is CursorState {
   if (typeof value !== 'object' || value === null) return false;
   const c = value as Record<string, unknown>;
@@ -737,7 +765,8 @@ function isCursorState(value: unknown): value is CursorState {
         /^-?\d{1,38}$/.test(p[0]) &&
         typeof p[1] === 'string' &&
         p[1].startsWith(USER_PREFIX) &&
-        p[1].length > USER_PREFIX.length),
+        p[1].length > USER_PREFIX.length &&
+        p[1].length <= MAX_KEY_LENGTH),
   );
 }
 
@@ -765,6 +794,8 @@ class ShardReader {
       const out = await this.query(this.taken === 0 ? null : this.taken, limit);
       this.buffer = out.Items ?? [];
       if (!out.LastEvaluatedKey) this.done = true;
+      // An empty page that still points further on: resume from where DynamoDB stopped reading.
+      else if (this.buffer.length === 0) this.taken = positionOfKey(out.LastEvaluatedKey);
     }
   }
 
@@ -786,6 +817,11 @@ class ShardReader {
   position(): ShardPosition {
     return this.hasMore() ? this.taken : 0;
   }
+}
+
+function positionOfKey(key: Item): readonly [string, string] {
+  const sortAttr = Object.keys(key).find((k) => k !== PERIOD_ATTRIBUTE && k !== PARTITION_KEY && k !== SORT_KEY);
+  return [(sortAttr && key[sortAttr]?.N) || '0', key[PARTITION_KEY]?.S ?? USER_PREFIX];
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -100,7 +100,9 @@ export async function createGatewayKey(
 ): Promise<CreatedGatewayKey> {
   const cleanLabel = label === undefined || label.trim() === '' ? null : label.trim();
   if (cleanLabel !== null && (cleanLabel.length > MAX_LABEL_LENGTH || /\p{Cc}/u.test(cleanLabel))) {
-    throw new InvalidGatewayKeyInputError(`label must be at most ${MAX_LABEL_LENGTH} characters without control characters`);
+    throw new InvalidGatewayKeyInputError(
+      `label must be at most ${MAX_LABEL_LENGTH} characters without control characters`,
+    );
   }
   const createdAt = now().toISOString();
   // A 48-bit key id collides with an existing one about never; the conditional put makes sure, and a

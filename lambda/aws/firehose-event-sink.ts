@@ -242,7 +242,8 @@ export function splitIntoBatches<T extends { readonly data: Uint8Array }>(record
   let bytes = 0;
   for (const record of records) {
     const size = record.data.byteLength;
-    if (current.length > 0 && (current.length >= FIREHOSE_MAX_BATCH_RECORDS || bytes + size > FIREHOSE_MAX_BATCH_BYTES)) {
+    const full = current.length >= FIREHOSE_MAX_BATCH_RECORDS || bytes + size > FIREHOSE_MAX_BATCH_BYTES;
+    if (current.length > 0 && full) {
       batches.push(current);
       current = [];
       bytes = 0;

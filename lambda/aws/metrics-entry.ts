@@ -1,2 +1,8 @@
-/** Placeholder buffered entry: replaced by the real metrics adapter. */
-export const handler = async (): Promise<{ statusCode: number; body: string }> => ({ statusCode: 200, body: '{}' });
+/**
+ * Entry of the metrics Lambda (buffered API Gateway REST proxy integration). Translation only.
+ */
+import { metricsLambdaConfigFromEnv } from './aws-config';
+import { bufferedHandler } from './buffered-adapter';
+import { createMetricsApp } from './metrics-app';
+
+export const handler = bufferedHandler(createMetricsApp(metricsLambdaConfigFromEnv(process.env)));

@@ -60,7 +60,7 @@ const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').diges
 
 /**
  * @example
- * const metricsKeys = new SecretKeyStore({ client: new SecretsManagerClient({}), secretId: process.env.METRICS_KEY_SECRET_ARN! });
+ * const metricsKeys = new SecretKeyStore({ client: new SecretsManagerClient({}), secretId: secretArn });
  * const keyId = await metricsKeys.verify(bearerToken); // null when wrong
  */
 export class SecretKeyStore implements KeyStore {

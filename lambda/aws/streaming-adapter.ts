@@ -140,11 +140,14 @@ async function sendResponse(
   await finished(stream, closed);
 }
 
-function bytesOf(chunk: unknown): Uint8Array {
-  if (chunk instanceof Uint8Array) return chunk;
+/**
+ * A Buffer view of a body chunk (no copy). The 3.x runtime client JSON-encodes anything whose constructor is
+ * not exactly Uint8Array or Buffer, so a Uint8Array subclass must not reach it as is.
+ */
+function bytesOf(chunk: unknown): Buffer {
+  if (ArrayBuffer.isView(chunk)) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
   if (typeof chunk === 'string') return Buffer.from(chunk);
-  if (ArrayBuffer.isView(chunk)) return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  if (chunk instanceof ArrayBuffer) return Buffer.from(chunk);
   throw new TypeError('The response body produced a chunk that is not bytes.');
 }
 

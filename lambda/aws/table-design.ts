@@ -5,15 +5,18 @@
  *
  * ## Items
  *
- * | pk                     | sk                                 | what                                                 |
- * |------------------------|------------------------------------|------------------------------------------------------|
- * | `U#<user>`             | `T#ALL`                            | all-time totals of the user                          |
- * | `U#<user>`             | `T#D#YYYY-MM-DD`                   | totals of one UTC day (TTL {@link DAY_TOTALS_TTL_DAYS} days)     |
- * | `U#<user>`             | `T#M#YYYY-MM`                      | totals of one UTC month (TTL {@link MONTH_TOTALS_TTL_DAYS} days) |
- * | `U#<user>`             | `M#<model>`                        | all-time totals of the user for one model            |
- * | `R#<request_id>`       | `R`                                | "this request is counted" marker (TTL a week)        |
- * | `K#<sha256 hex of key>`| `K`                                | a gateway key, found by the hash of the presented key|
- * | `KEYS`                 | `<key_id>`                         | the listing of gateway keys (ids, labels, dates)     |
+ * | pk                | sk                | what                                                      |
+ * |-------------------|-------------------|-----------------------------------------------------------|
+ * | `U#<user>`        | `T#ALL`           | all-time totals of the user                               |
+ * | `U#<user>`        | `T#D#YYYY-MM-DD`  | totals of one UTC day (expire after 400 days)             |
+ * | `U#<user>`        | `T#M#YYYY-MM`     | totals of one UTC month (expire after about 3 years)      |
+ * | `U#<user>`        | `M#<model>`       | all-time totals of the user for one model                 |
+ * | `R#<request_id>`  | `R`               | "this request is counted" marker (expires after a week)   |
+ * | `K#<sha256 hex>`  | `K`               | a gateway key, found by the hash of the presented key     |
+ * | `KEYS`            | `<key_id>`        | the listing of gateway keys (ids, labels, dates)          |
+ *
+ * A user's detail reads its three totals items by key and Queries its `M#` items; it never reads the whole user
+ * partition, which holds a day item for every active day.
  *
  * The user of requests that named none is {@link NO_USER}: a NUL character, which no real user id holds
  * (user ids never contain control characters), so the bucket cannot collide with a real user.
@@ -36,9 +39,14 @@
  * lifts that ceiling about tenfold; reads query every shard in parallel and merge (see the counter store).
  * Changing {@link PERIOD_SHARDS} re-shards nothing that is already written: it needs a rebuild of the totals.
  *
- * Other write ceilings, for sizing: one user's items share a partition (about 1,000 write units per second), and
- * each request updates four of them, so a single user (or the no-user bucket) tops out near 250 requests per
- * second before DynamoDB throttles; the store retries throttled writes with backoff.
+ * A page costs one Query per shard, each reading at most a page plus one item.
+ *
+ * Sizing: a request costs up to about 30 write units: the marker (put, then confirm), four `ADD`s, and for each
+ * of the three totals items up to two writes per ranking index (a changed index key is a delete plus a put). The
+ * ranking indexes are most of that; they are what makes `/metrics/users` a Query instead of a Scan. One user's
+ * items share a partition (about 1,000 write units per second) and each request updates four of them, so a single
+ * user (or the no-user bucket) tops out near 250 requests per second before DynamoDB throttles; the store retries
+ * throttled writes with backoff.
  *
  * ## Ties
  *
@@ -60,6 +68,7 @@ export const TTL_ATTRIBUTE = 'expires_at';
 /** Number of shards of each ranking partition. Part of the stored data: changing it needs a rebuild. */
 export const PERIOD_SHARDS = 10;
 
+/** Lifetimes of period totals, counted from the period's first day (so every write sets the same value). */
 export const DAY_TOTALS_TTL_DAYS = 400;
 export const MONTH_TOTALS_TTL_DAYS = 3 * 366;
 export const REQUEST_MARKER_TTL_DAYS = 7;

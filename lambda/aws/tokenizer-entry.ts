@@ -1,4 +1,4 @@
-/** Placeholder tokenizer entry: replaced by the real tokenizer bundle entry. */
-export function countTokens(text: string): number {
-  return text.split(/\s+/).filter(Boolean).length;
-}
+/**
+ * Entry of the tokenizer bundle shipped next to the proxy bundle as `tokenizer.js` and loaded on first use.
+ */
+export { o200kCounter } from '../tokenizer';

@@ -3,9 +3,10 @@
  * one DuckDB instance per database file shared by everything in the process.
  *
  * One writer process per file: DuckDB takes an exclusive lock on a database file it opens for writing, so a second
- * process opening the same `counters.duckdb` fails with "Could not set lock on file". Run one gateway process per
- * data directory. Inside a process, {@link openDuckDb} hands every caller the same instance (opening a file twice in
- * one process would corrupt it), and each store talks to it through its own {@link DuckDbSession}.
+ * process opening the same database file fails with "Could not set lock on file". Run one gateway process per data
+ * directory. Inside a process the lock does not protect anything (POSIX locks belong to the process), and two
+ * instances on one file are unsupported and risk corrupting it: {@link openDuckDb} therefore hands every caller of
+ * the same path the same instance, and each store talks to it through its own {@link DuckDbSession}.
  *
  * Values always travel as bound parameters; SQL text is only ever built from constants and validated identifiers.
  */
@@ -146,8 +147,8 @@ class Session implements DuckDbSession {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closed = true; // statements already queued still run; new ones are refused
     await this.queue;
-    this.closed = true;
     this.connection.closeSync();
     this.onClose();
   }

@@ -56,6 +56,9 @@ interface Segment {
   readonly file: FileHandle;
   bytes: number;
   lastUsed: number;
+  /** Written to since its last fsync. */
+  dirty: boolean;
+  closed: boolean;
 }
 
 interface PendingWrite {
@@ -156,17 +159,16 @@ export class FileEventSink implements EventSink {
         const data = Buffer.from(texts.join(''), 'utf8');
         const segment = await this.segmentFor(dt, data.length);
         touched.push(segment);
+        segment.dirty = true;
         await writeAll(segment.file, data);
         segment.bytes += data.length;
       }
-      for (const segment of touched) {
-        await segment.file.datasync();
-        this.counts.syncs++;
-      }
+      // Segments rotated out during this commit were synced as they closed; the rest are synced here.
+      for (const segment of touched) if (segment.dirty) await this.sync(segment);
     } catch (error) {
       // The segment may now end in a partial line: never append after it, or the next line would be glued to it.
       this.log.error('event log write failed', { ...describeError(error), events: count });
-      await Promise.all(touched.map((segment) => this.closeSegment(segment)));
+      await Promise.all(touched.map((segment) => this.closeSegment(segment, { sync: false })));
       for (const write of batch) write.reject(error);
       return;
     }
@@ -210,19 +212,33 @@ export class FileEventSink implements EventSink {
     // 'wx' fails rather than share a file: a segment has exactly one writer for its whole life.
     const file = await open(path, 'wx');
     await syncDirectory(dir);
-    const segment: Segment = { dt, path, file, bytes: 0, lastUsed: 0 };
+    const segment: Segment = { dt, path, file, bytes: 0, lastUsed: 0, dirty: false, closed: false };
     this.segments.set(dt, segment);
     this.counts.segmentsOpened++;
     this.log.debug('event segment opened', { path });
     return segment;
   }
 
-  private async closeSegment(segment: Segment): Promise<void> {
+  private async sync(segment: Segment): Promise<void> {
+    await segment.file.datasync();
+    segment.dirty = false;
+    this.counts.syncs++;
+  }
+
+  /**
+   * Closes a segment for good. Lines of the commit in progress may still be unsynced in it (one batch can span
+   * more days than there are open segments), so it is synced first unless it is being abandoned after a failure.
+   */
+  private async closeSegment(segment: Segment, options: { sync: boolean } = { sync: true }): Promise<void> {
     if (this.segments.get(segment.dt) === segment) this.segments.delete(segment.dt);
+    if (segment.closed) return;
     try {
-      await segment.file.close();
-    } catch (error) {
-      this.log.warn('event segment close failed', { ...describeError(error), path: segment.path });
+      if (options.sync && segment.dirty) await this.sync(segment);
+    } finally {
+      segment.closed = true;
+      await segment.file.close().catch((error: unknown) => {
+        this.log.warn('event segment close failed', { ...describeError(error), path: segment.path });
+      });
     }
   }
 }

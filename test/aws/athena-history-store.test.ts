@@ -354,6 +354,7 @@ describe('AthenaHistoryStore', () => {
   it('refuses database or table names that would need quoting', () => {
     assert.throws(() => store({ table: 'events" ; DROP' }), TypeError);
     assert.throws(() => store({ database: 'a.b' }), TypeError);
+    assert.throws(() => store({ database: 'usage-db' }), TypeError);
   });
 });
 

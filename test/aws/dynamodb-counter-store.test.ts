@@ -113,7 +113,13 @@ describe('DynamoDbCounterStore', () => {
         usageEvent({ user_id: user, ts: '2026-11-22T12:00:00.000Z', status: 429, error: 'rate_limited' }),
         // A 429 from the upstream is an error but not the gateway's rate limiting.
         usageEvent({ user_id: user, ts: '2026-11-22T13:00:00.000Z', status: 429, error: 'upstream_rate_limited' }),
-        usageEvent({ user_id: user, ts: '2026-11-23T00:30:00.000Z', status: 500, error: 'upstream_error', model: null }),
+        usageEvent({
+          user_id: user,
+          ts: '2026-11-23T00:30:00.000Z',
+          status: 500,
+          error: 'upstream_error',
+          model: null,
+        }),
         usageEvent({
           user_id: user,
           ts: '2026-10-31T23:59:59.999Z',
@@ -275,7 +281,8 @@ describe('DynamoDbCounterStore', () => {
         events.push(usageEvent({ user_id: user, ts, ...priced({ prompt: i * 10, completion: 5 }, (i % 6) * 1000) }));
         if (i % 3 === 0) events.push(usageEvent({ user_id: user, ts: '2026-05-04T00:00:00.000Z' }));
       }
-      events.push(usageEvent({ user_id: null, ts: '2026-05-04T03:00:00.000Z', ...priced({ prompt: 1, completion: 1 }, 1) }));
+      const anonymous = priced({ prompt: 1, completion: 1 }, 1);
+      events.push(usageEvent({ user_id: null, ts: '2026-05-04T03:00:00.000Z', ...anonymous }));
       // Another day of the same month, for users that must not appear in the day's listing.
       events.push(usageEvent({ user_id: 'other-day', ts: '2026-05-05T00:00:00.000Z' }));
       await store.record(events);
@@ -294,6 +301,8 @@ describe('DynamoDbCounterStore', () => {
       for (let page = 0; page < 100; page++) {
         const result = await store.listUsers({ ...query, ...(cursor !== undefined && { cursor }) });
         assert.ok(result.users.length <= query.limit);
+        // A cursor is only handed out when there is more: never an empty last page.
+        assert.ok(page === 0 || result.users.length > 0, 'a cursor led to an empty page');
         seen.push(...result.users);
         if (result.nextCursor === null) return seen;
         cursor = result.nextCursor;
@@ -310,14 +319,21 @@ describe('DynamoDbCounterStore', () => {
           assert.deepEqual(new Set(ids), new Set<string | null>([...users, null]));
           const values = listed.map(valueOf[sort]);
           for (let i = 1; i < values.length; i++) {
-            assert.ok(order === 'asc' ? values[i - 1]! <= values[i]! : values[i - 1]! >= values[i]!, `${sort} ${order} at ${i}`);
+            const inOrder = order === 'asc' ? values[i - 1]! <= values[i]! : values[i - 1]! >= values[i]!;
+            assert.ok(inOrder, `${sort} ${order} at ${i}`);
           }
         });
       }
     }
 
     it('lists month and all-time periods from the same events', async () => {
-      const month = await allPages({ period: 'month', periodKey: '2026-05', sort: 'requests', order: 'desc', limit: 10 });
+      const month = await allPages({
+        period: 'month',
+        periodKey: '2026-05',
+        sort: 'requests',
+        order: 'desc',
+        limit: 10,
+      });
       assert.ok(month.some((u) => u.user_id === 'other-day'));
       assert.equal(month.length, users.length + 2);
       assert.equal(month[0]?.requests, 2);
@@ -353,7 +369,13 @@ describe('DynamoDbCounterStore', () => {
     });
 
     it('returns an empty last page for a day without requests', async () => {
-      const page = await store.listUsers({ period: 'day', periodKey: '2020-01-01', sort: 'cost', order: 'desc', limit: 5 });
+      const page = await store.listUsers({
+        period: 'day',
+        periodKey: '2020-01-01',
+        sort: 'cost',
+        order: 'desc',
+        limit: 5,
+      });
       assert.deepEqual(page, { users: [], nextCursor: null });
     });
 
@@ -362,14 +384,16 @@ describe('DynamoDbCounterStore', () => {
       const first = await store.listUsers(base);
       assert.ok(first.nextCursor);
       const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
-      const state = JSON.parse(Buffer.from(first.nextCursor, 'base64url').toString()) as Record<string, unknown>;
+      const state = JSON.parse(Buffer.from(first.nextCursor, 'base64url').toString()) as { k: unknown[] };
+      const shards = state.k;
       const bad: [string, ListUsersQuery][] = [
         ['not base64url', { ...base, cursor: 'not a cursor!' }],
         ['empty', { ...base, cursor: '' }],
         ['not JSON', { ...base, cursor: Buffer.from('{{{').toString('base64url') }],
         ['wrong shape', { ...base, cursor: encode({ hello: 'world' }) }],
         ['wrong shard count', { ...base, cursor: encode({ ...state, k: [null] }) }],
-        ['bad position', { ...base, cursor: encode({ ...state, k: (state['k'] as unknown[]).map(() => ['1e9', 'U#x']) }) }],
+        ['bad position', { ...base, cursor: encode({ ...state, k: shards.map(() => ['1e9', 'U#x']) }) }],
+        ['not a user key', { ...base, cursor: encode({ ...state, k: shards.map(() => ['1', 'K#x']) }) }],
         ['other sort', { ...base, sort: 'requests', cursor: first.nextCursor }],
         ['other order', { ...base, order: 'asc', cursor: first.nextCursor }],
         ['other day', { ...base, periodKey: '2026-05-05', cursor: first.nextCursor }],

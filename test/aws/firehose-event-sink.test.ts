@@ -308,7 +308,8 @@ describe('FirehoseEventSink', () => {
 
     assert.ok(logLines.length >= 5, 'the faults were logged');
     const all = logLines.join('\n');
-    for (const secret of [SECRET_ACCESS_KEY, credentials.accessKeyId, 'AWS4-HMAC-SHA256', 'Signature=', 'authorization']) {
+    const secrets = [SECRET_ACCESS_KEY, credentials.accessKeyId, 'AWS4-HMAC-SHA256', 'Signature=', 'authorization'];
+    for (const secret of secrets) {
       assert.ok(!all.toLowerCase().includes(secret.toLowerCase()), `log mentions ${secret}`);
     }
   });
@@ -338,7 +339,9 @@ describe('the Firehose and S3 fakes', () => {
     const firehose = await FakeFirehose.start();
     const client = createFirehoseClient('us-east-1', { endpoint: firehose.endpoint, credentials });
     try {
-      const put = await client.send(new PutRecordCommand({ DeliveryStreamName: STREAM, Record: { Data: Buffer.from('a\n') } }));
+      const put = await client.send(
+        new PutRecordCommand({ DeliveryStreamName: STREAM, Record: { Data: Buffer.from('a\n') } }),
+      );
       assert.ok(put.RecordId);
       assert.deepEqual(firehose.records(STREAM), ['a\n']);
       const records = Array.from({ length: 501 }, () => ({ Data: Buffer.from('x') }));
@@ -362,7 +365,12 @@ describe('the Firehose and S3 fakes', () => {
       assert.deepEqual(first.Contents?.map((o) => o.Key), ['p/dt=2026-01-01/a.ndjson']);
       assert.equal(first.IsTruncated, true);
       const second = await client.send(
-        new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'p/', MaxKeys: 1, ContinuationToken: first.NextContinuationToken }),
+        new ListObjectsV2Command({
+          Bucket: BUCKET,
+          Prefix: 'p/',
+          MaxKeys: 1,
+          ContinuationToken: first.NextContinuationToken,
+        }),
       );
       assert.deepEqual(second.Contents?.map((o) => o.Key), ['p/dt=2026-01-02/b.ndjson']);
       assert.equal(second.IsTruncated, false);

@@ -11,6 +11,7 @@ import {
   isGatewayRateLimited,
   type DuckDbCounterStoreOptions,
 } from '../../lambda/local/duckdb-counter-store';
+import { openDuckDb } from '../../lambda/local/duckdb';
 
 function usageEvent(request_id: string, ts: string, overrides: Partial<UsageEvent> = {}): UsageEvent {
   return {
@@ -276,21 +277,37 @@ describe('DuckDbCounterStore', () => {
     });
 
     it('rejects every record() of a failed transaction and applies none of it, so a retry counts once', async () => {
-      const store = await open();
-      const poisoned = usageEvent('bad', '2026-04-01T10:00:00.000Z', { prompt_tokens: Number.MAX_VALUE });
-      const results = await Promise.allSettled([store.record([EVENTS[0]]), store.record([poisoned])]);
-      assert.deepEqual(
-        results.map((r) => r.status),
-        ['rejected', 'rejected'],
-      );
-      assert.equal(await store.getUser('alice', '2026-03-31', '2026-03'), null, 'nothing of the batch was applied');
-      await store.record([EVENTS[0]]);
-      assert.equal((await store.getUser('alice', '2026-03-31', '2026-03'))?.all.requests, 1);
+      const db = await openDuckDb(join(dir, 'faulty.duckdb'));
+      const store = await DuckDbCounterStore.open({ db });
+      try {
+        // The per-model table goes missing: the transaction fails after the request ids were written.
+        await db.run('ALTER TABLE model_totals RENAME TO model_totals_away');
+        const results = await Promise.allSettled([store.record([EVENTS[0]]), store.record([EVENTS[1]])]);
+        assert.deepEqual(
+          results.map((r) => r.status),
+          ['rejected', 'rejected'],
+        );
+        await db.run('ALTER TABLE model_totals_away RENAME TO model_totals');
+        assert.equal(await store.getUser('alice', '2026-03-31', '2026-03'), null, 'nothing of the batch was applied');
+        await store.record([EVENTS[0], EVENTS[1]]);
+        assert.equal((await store.getUser('alice', '2026-03-31', '2026-03'))?.all.requests, 2);
+      } finally {
+        await store.close();
+        await db.close();
+      }
     });
 
-    it('rejects an event without a usable ts right away', async () => {
+    it('rejects an event no total can be built from right away, without failing the others', async () => {
       const store = await open();
+      const others = store.record([EVENTS[0]]);
       await assert.rejects(store.record([usageEvent('x', 'yesterday')]), TypeError);
+      await assert.rejects(store.record([usageEvent('y', '2026-04-01T00:00:00.000Z', { prompt_tokens: 1.5 })]), TypeError);
+      await assert.rejects(
+        store.record([usageEvent('z', '2026-04-01T00:00:00.000Z', { cost_nano_usd: Number.MAX_VALUE })]),
+        TypeError,
+      );
+      await others;
+      assert.equal((await store.getUser('alice', '2026-03-31', '2026-03'))?.all.requests, 1);
     });
   });
 

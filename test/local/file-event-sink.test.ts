@@ -143,6 +143,21 @@ describe('FileEventSink', () => {
     assert.deepEqual(byDay.map((event) => event.request_id), ['first-of-day']);
   });
 
+  it('commits one batch spanning more days than it keeps segments open, syncing each before closing it', async () => {
+    const dataDir = freshDir();
+    const sink = new FileEventSink({ dataDir, maxOpenSegments: 2 });
+    const days = ['2026-11-20', '2026-11-21', '2026-11-22', '2026-11-23'];
+    await sink.write(days.map((day, i) => usageEvent(`r${i}`, `${day}T12:00:00.000Z`)));
+    const stats = sink.stats();
+    await sink.close();
+    assert.equal(stats.syncs, days.length, 'each day’s segment was fsync’d once');
+    assert.equal(stats.openSegments, 2);
+    assert.deepEqual(
+      (await collect(readEvents(dataDir))).map((event) => event.request_id),
+      ['r0', 'r1', 'r2', 'r3'],
+    );
+  });
+
   it('rotates segments by size without splitting a line', async () => {
     const dataDir = freshDir();
     const sink = new FileEventSink({ dataDir, segmentBytes: 2048 });

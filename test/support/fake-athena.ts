@@ -177,7 +177,9 @@ export class FakeAthena {
     try {
       if (this.throttleBudget > 0) {
         this.throttleBudget -= 1;
-        throw new AthenaFault(400, 'TooManyRequestsException', 'Rate exceeded', { Reason: 'CONCURRENT_QUERY_LIMIT_EXCEEDED' });
+        throw new AthenaFault(400, 'TooManyRequestsException', 'Rate exceeded', {
+          Reason: 'CONCURRENT_QUERY_LIMIT_EXCEEDED',
+        });
       }
       const input = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as Record<string, unknown>;
       respond(res, 200, await handler(input));
@@ -200,7 +202,7 @@ export class FakeAthena {
     const placeholders = countPlaceholders(queryString);
     if (placeholders !== executionParameters.length) {
       throw invalid(
-        `Incorrect number of parameters: the query has ${placeholders} placeholders, ${executionParameters.length} values were given`,
+        `Incorrect number of parameters: ${placeholders} placeholders, ${executionParameters.length} values`,
       );
     }
     const params = executionParameters.map((literal, i) => {

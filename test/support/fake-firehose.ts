@@ -10,7 +10,7 @@
  *
  * @example
  * const firehose = await FakeFirehose.start();
- * const client = new FirehoseClient({ endpoint: firehose.endpoint, region: 'us-east-1', credentials: fakeCredentials });
+ * const client = new FirehoseClient({ endpoint: firehose.endpoint, region: 'us-east-1', credentials });
  * firehose.failRecords(2);            // the next two records received are rejected once each
  * firehose.records('usage-events');   // decoded data, in the order accepted
  */

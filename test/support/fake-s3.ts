@@ -103,7 +103,8 @@ export class FakeS3 {
       if (this.failingPuts) return respondError(res, 500, 'InternalError', 'We encountered an internal error.');
       const data = isAwsChunked(req) ? decodeAwsChunked(body) : body;
       const sse = req.headers['x-amz-server-side-encryption'];
-      const stored = this.store(bucket, key, data, req.headers['content-type'], typeof sse === 'string' ? sse : undefined);
+      const contentType = req.headers['content-type'];
+      const stored = this.store(bucket, key, data, contentType, typeof sse === 'string' ? sse : undefined);
       res.writeHead(200, { etag: stored.etag, 'x-amz-request-id': requestId() });
       res.end();
       return;
