@@ -31,6 +31,8 @@ export interface MetricsDeps {
   readonly now?: () => number;
   /** How long a history query may run before the API answers 202 with a query id. @default 20000 */
   readonly queryWaitMs?: number;
+  /** Routes of other features (history analysis, limits), served with the same auth and error handling. */
+  readonly routes?: readonly MetricsRoute[];
 }
 
 /** Longest range `/metrics/usage` accepts, in days. */
@@ -99,13 +101,6 @@ const EMPTY_TOTALS = (at: null) => ({
   last_active: at,
 });
 
-function json(body: unknown, status = 200): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' },
-  });
-}
-
 const PROPERTY_GROUP = /^property:([A-Za-z0-9_-]{1,64})$/;
 
 /**
@@ -149,16 +144,10 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
     });
   }
 
-  async function getUser(url: URL, rawId: string): Promise<Response> {
+  async function getUser(url: URL, userId: string): Promise<Response> {
     const q = QueryParams.of(url);
     const date = q.day('date', dayOf(now()));
     q.rejectUnknown();
-    let userId: string;
-    try {
-      userId = decodeURIComponent(rawId);
-    } catch {
-      throw new BadRequestError('invalid_user_id', 'The user id in the path is not valid percent-encoding.', { param: 'userId' });
-    }
     const detail = await deps.counters.getUser(userId, date, date.slice(0, 7));
     if (detail === null) throw new NotFoundError('unknown_user', `No usage recorded for user "${userId.slice(0, 256)}".`, { param: 'userId' });
     return json({
@@ -222,29 +211,33 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
     return historyResponse(await deps.history.queryResult(id), { query_id: id });
   }
 
+  const routes: MetricsRoute[] = [
+    { method: 'GET', path: ['users'], handle: ({ url }) => listUsers(url) },
+    { method: 'GET', path: ['users', ':userId'], handle: ({ url, params }) => getUser(url, params.userId!) },
+    { method: 'GET', path: ['usage'], handle: ({ url }) => usage(url) },
+    { method: 'GET', path: ['queries', ':queryId'], handle: ({ params }) => queryResult(params.queryId!) },
+    ...(deps.routes ?? []),
+  ];
+
   return async function metrics(request: Request): Promise<Response> {
     try {
       const url = new URL(request.url);
-      const path = url.pathname.replace(/\/+$/, '');
-      const segments = path.split('/').slice(2); // drop '' and 'metrics'
-      const route = matchRoute(segments);
-      if (route === null) throw new NotFoundError('unknown_route', `No metrics route ${url.pathname.slice(0, 200)}.`);
-      if (request.method !== 'GET' && request.method !== 'HEAD') {
-        throw new MethodNotAllowedError('method_not_allowed', `${request.method} is not allowed here; use GET.`, {
-          headers: { allow: 'GET, HEAD' },
+      const segments = url.pathname.replace(/\/+$/, '').split('/').slice(2); // drop '' and 'metrics'
+      const matches = routes
+        .map((route) => ({ route, params: matchPath(route.path, segments) }))
+        .filter((m): m is { route: MetricsRoute; params: Record<string, string> } => m.params !== null);
+      if (matches.length === 0) throw new NotFoundError('unknown_route', `No metrics route ${url.pathname.slice(0, 200)}.`);
+      const method = request.method === 'HEAD' ? 'GET' : request.method;
+      const match = matches.find((m) => m.route.method === method);
+      if (match === undefined) {
+        const allowed: string[] = [...new Set(matches.map((m) => m.route.method))];
+        if (allowed.includes('GET')) allowed.push('HEAD');
+        throw new MethodNotAllowedError('method_not_allowed', `${request.method} is not allowed here; use ${allowed.join(' or ')}.`, {
+          headers: { allow: allowed.join(', ') },
         });
       }
       await authorize(request);
-      switch (route.name) {
-        case 'users':
-          return await listUsers(url);
-        case 'user':
-          return await getUser(url, route.id);
-        case 'usage':
-          return await usage(url);
-        case 'query':
-          return await queryResult(route.id);
-      }
+      return await match.route.handle({ request, url, params: match.params });
     } catch (error) {
       if (!(error instanceof GatewayError) || error.statusCode >= 500) {
         deps.log.error('metrics_request_failed', { path: new URL(request.url).pathname, error: describeError(error) });
@@ -254,14 +247,45 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
   };
 }
 
-type Route = { name: 'users' } | { name: 'user'; id: string } | { name: 'usage' } | { name: 'query'; id: string };
+/** A route of the metrics API, relative to `/metrics`. Feature modules contribute their own (`deps.routes`). */
+export interface MetricsRoute {
+  readonly method: 'GET' | 'PUT' | 'POST' | 'DELETE';
+  /** Path segments after `/metrics`; `:name` captures one percent-decoded segment, e.g. `['users', ':userId']`. */
+  readonly path: readonly string[];
+  handle(request: MetricsRequest): Promise<Response>;
+}
 
-function matchRoute(segments: readonly string[]): Route | null {
-  const [first, second, ...rest] = segments;
-  if (rest.length > 0) return null;
-  if (first === 'users' && second === undefined) return { name: 'users' };
-  if (first === 'users' && second !== undefined && second !== '') return { name: 'user', id: second };
-  if (first === 'usage' && second === undefined) return { name: 'usage' };
-  if (first === 'queries' && second !== undefined && second !== '') return { name: 'query', id: second };
-  return null;
+export interface MetricsRequest {
+  readonly request: Request;
+  readonly url: URL;
+  readonly params: Readonly<Record<string, string>>;
+}
+
+function matchPath(pattern: readonly string[], segments: readonly string[]): Record<string, string> | null {
+  if (pattern.length !== segments.length) return null;
+  const params: Record<string, string> = {};
+  for (const [i, part] of pattern.entries()) {
+    const segment = segments[i]!;
+    if (part.startsWith(':')) {
+      if (segment === '') return null;
+      try {
+        params[part.slice(1)] = decodeURIComponent(segment);
+      } catch {
+        throw new BadRequestError('invalid_path', `Path segment "${segment.slice(0, 64)}" is not valid percent-encoding.`, {
+          param: part.slice(1),
+        });
+      }
+    } else if (part !== segment) {
+      return null;
+    }
+  }
+  return params;
+}
+
+/** A JSON response, uncached: metrics change with every request. */
+export function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' },
+  });
 }
