@@ -26,8 +26,44 @@ import { USAGE_EVENT_VERSION, type UsageEvent, type UsageSource } from './usage-
 export const GATEWAY_AUTH_HEADER = 'helicone-auth';
 export const GATEWAY_ID_HEADER = 'Helicone-Id';
 
+/** What the gateway knows of a request when it decides whether to forward it. */
+export interface Admission {
+  readonly requestId: string;
+  readonly userId: string | null;
+  readonly properties: Readonly<Record<string, string>>;
+  readonly endpoint: Endpoint;
+  readonly requestedModel: string | null;
+  readonly provider: string;
+  /** Parsed JSON body (for `max_tokens` / `max_output_tokens`), if any. */
+  readonly body: Readonly<Record<string, unknown>> | undefined;
+  /** The client's request headers (e.g. `Helicone-RateLimit-Policy`). */
+  readonly headers: Headers;
+  /** Milliseconds since the epoch at arrival. */
+  readonly at: number;
+  /** Estimated prompt tokens of the body (loads the tokenizer on first use). */
+  estimatePromptTokens(): Promise<number>;
+}
+
+/** The limiter's answer: refuse with an error, or admit and settle once the request's usage is known. */
+export type AdmissionDecision =
+  | { readonly admitted: false; readonly error: GatewayError; readonly headers: Readonly<Record<string, string>> }
+  | {
+      readonly admitted: true;
+      /** Headers for the client's response (remaining quota, budget). */
+      readonly headers: Readonly<Record<string, string>>;
+      /** Called once with the final usage event, after the response; releases reservations. Never rejects. */
+      settle(event: UsageEvent): Promise<void>;
+    };
+
+/** Per-user limits and budgets, checked before anything is sent upstream. */
+export interface RequestLimiter {
+  admit(admission: Admission): Promise<AdmissionDecision>;
+}
+
 export interface ProxyDeps {
   readonly config: ProxyConfig;
+  /** Rate limits and budgets; without one every authenticated request is forwarded. */
+  readonly limiter?: RequestLimiter;
   readonly gatewayKeys: KeyStore;
   readonly recorder: UsageRecorder;
   readonly tokenCounter: TokenCounterLoader;
@@ -75,7 +111,12 @@ export function upstreamRequestHeaders(incoming: Headers): Headers {
 }
 
 /** Headers for the client: the upstream's, minus hop-by-hop fields and the encoding fetch already undid. */
-function clientResponseHeaders(upstream: Headers, requestId: string, bodyRewritten: boolean): Headers {
+function clientResponseHeaders(
+  upstream: Headers,
+  requestId: string,
+  bodyRewritten: boolean,
+  gatewayHeaders: Readonly<Record<string, string>>,
+): Headers {
   const listed = new Set(
     (upstream.get('connection') ?? '')
       .split(',')
@@ -93,6 +134,7 @@ function clientResponseHeaders(upstream: Headers, requestId: string, bodyRewritt
     out.append(name, value);
   }
   for (const cookie of upstream.getSetCookie()) out.append('set-cookie', cookie);
+  for (const [name, value] of Object.entries(gatewayHeaders)) out.set(name, value);
   out.set(GATEWAY_ID_HEADER, requestId);
   return out;
 }
@@ -124,6 +166,14 @@ function isJsonContentType(value: string | null): boolean {
   if (value === null) return false;
   const type = value.split(';')[0]!.trim().toLowerCase();
   return type === 'application/json' || type.endsWith('+json');
+}
+
+function looksLikeJsonObject(bytes: Uint8Array): boolean {
+  for (const byte of bytes) {
+    if (byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d) continue;
+    return byte === 0x7b; // '{'
+  }
+  return false;
 }
 
 const fatalDecoder = new TextDecoder('utf-8', { fatal: true });
@@ -199,8 +249,18 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
     const hasBody = request.method !== 'GET' && request.method !== 'HEAD';
     const raw = hasBody ? await readBody(request, deps.config.maxBodyBytes) : undefined;
     let body: Record<string, unknown> | undefined;
-    if (raw !== undefined && raw.byteLength > 0 && isJsonContentType(request.headers.get('content-type'))) {
-      const parsed = parseJsonBody(raw);
+    if (raw !== undefined && raw.byteLength > 0) {
+      let parsed: unknown;
+      if (isJsonContentType(request.headers.get('content-type'))) {
+        parsed = parseJsonBody(raw);
+      } else if (looksLikeJsonObject(raw)) {
+        // `curl -d '{…}'` sends JSON labelled as a form; meter it if it parses, forward it as is either way.
+        try {
+          parsed = parseJsonBody(raw);
+        } catch {
+          parsed = undefined;
+        }
+      }
       if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) body = parsed as Record<string, unknown>;
     }
     const userId = userIdFrom(request.headers, body);
@@ -244,6 +304,8 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
     }
     const url = new URL(request.url);
     const path = url.pathname;
+    let settle: (event: UsageEvent) => Promise<void> = async () => undefined;
+    let limitHeaders: Readonly<Record<string, string>> = {};
 
     const event = (fields: {
       status: number;
@@ -291,6 +353,49 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       }
     };
 
+    /** Records the event and releases the limiter's reservation, after the response; never rejects. */
+    const meterAfterResponse = (usageEvent: UsageEvent): Promise<void> =>
+      Promise.all([deps.recorder.record(usageEvent), settle(usageEvent)]).then(() => undefined);
+
+    if (deps.limiter !== undefined) {
+      let decision: AdmissionDecision;
+      try {
+        decision = await deps.limiter.admit({
+          requestId: prepared.requestId,
+          userId: prepared.userId,
+          properties: prepared.properties,
+          endpoint: prepared.endpoint,
+          requestedModel: prepared.requestedModel,
+          provider,
+          body: prepared.body,
+          headers: request.headers,
+          at: started,
+          estimatePromptTokens: async () => (await estimate('', true))?.prompt_tokens ?? 0,
+        });
+      } catch (error) {
+        logRefusal(deps.log, request, error, prepared.requestId);
+        return errorResponse(error, { [GATEWAY_ID_HEADER]: prepared.requestId });
+      }
+      if (!decision.admitted) {
+        // Refused by the gateway's own limits: counted per user, never forwarded.
+        context.waitUntil(
+          deps.recorder.record(
+            event({
+              status: decision.error.statusCode,
+              model: prepared.requestedModel,
+              usage: NO_TOKENS,
+              usageSource: 'none',
+              error: decision.error.statusCode === 429 ? 'rate_limited' : decision.error.code,
+              ttft: null,
+            }),
+          ),
+        );
+        return errorResponse(decision.error, { ...decision.headers, [GATEWAY_ID_HEADER]: prepared.requestId });
+      }
+      settle = (usageEvent) => decision.settle(usageEvent).catch(() => undefined);
+      limitHeaders = decision.headers;
+    }
+
     const upstreamAbort = new AbortController();
     const onClientAbort = () => upstreamAbort.abort(new Error('client_closed'));
     request.signal.addEventListener('abort', onClientAbort, { once: true });
@@ -322,7 +427,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       const status = clientGone ? 499 : gatewayError.statusCode;
       const usage = clientGone ? await estimate('', true) : null;
       context.waitUntil(
-        deps.recorder.record(
+        meterAfterResponse(
           event({
             status,
             model: prepared.requestedModel,
@@ -333,7 +438,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
           }),
         ),
       );
-      return errorResponse(gatewayError, { [GATEWAY_ID_HEADER]: prepared.requestId });
+      return errorResponse(gatewayError, { ...limitHeaders, [GATEWAY_ID_HEADER]: prepared.requestId });
     }
     clearTimeout(headersTimer);
 
@@ -381,14 +486,14 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
         if (how === 'upstream_broken') {
           deps.log.warn('upstream_stream_broken', { request_id: prepared.requestId, error: describeError(failure) });
         }
-        await deps.recorder.record(event({ status, model, usage, usageSource, error, ttft }));
+        await meterAfterResponse(event({ status, model, usage, usageSource, error, ttft }));
       })();
       context.waitUntil(recordPromise);
     };
 
     if (upstream.body === null) {
       finish('complete');
-      return new Response(null, { status, headers: clientResponseHeaders(upstream.headers, prepared.requestId, false) });
+      return new Response(null, { status, headers: clientResponseHeaders(upstream.headers, prepared.requestId, false, limitHeaders) });
     }
 
     const reader = upstream.body.getReader();
@@ -438,7 +543,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
     return new Response(body, {
       status,
       statusText: upstream.statusText,
-      headers: clientResponseHeaders(upstream.headers, prepared.requestId, prepared.injectedUsage),
+      headers: clientResponseHeaders(upstream.headers, prepared.requestId, prepared.injectedUsage, limitHeaders),
     });
   };
 }

@@ -445,3 +445,26 @@ describe('streaming', () => {
     assert.ok((event?.completion_tokens ?? 0) > 0);
   });
 });
+
+describe('content types', () => {
+  it('meters a JSON body sent with a form content type (curl -d) and forwards it unchanged', async () => {
+    const body = chatBody({ user: 'curl-user' });
+    const { event } = await gw.send('/v1/chat/completions', {
+      method: 'POST',
+      headers: { authorization: 'Bearer sk-test-provider-key', 'content-type': 'application/x-www-form-urlencoded' },
+      body,
+    });
+    assert.equal(lastUpstreamRequest().body, body);
+    assert.equal(event?.user_id, 'curl-user');
+  });
+
+  it('forwards a non-JSON body it cannot read without refusing it', async () => {
+    const { event } = await gw.send('/v1/audio/transcriptions', {
+      method: 'POST',
+      headers: { authorization: 'Bearer sk-test-provider-key', 'content-type': 'multipart/form-data; boundary=x' },
+      body: '--x\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--x--\r\n',
+    });
+    assert.equal(lastUpstreamRequest().path, '/v1/audio/transcriptions');
+    assert.equal(event?.usage_source, 'none');
+  });
+});
