@@ -41,6 +41,11 @@ export interface FirehoseEventSinkOptions {
 
 /** Raised when events could be written neither to Firehose nor to the recovery bucket (each was logged). */
 export class EventDeliveryError extends InternalError {
+  /** The sink already retried and fell back: retrying the whole write again would only repeat that. */
+  readonly retryable = false;
+  /** Each undelivered event is already in the logs whole; callers log only the id. */
+  readonly eventsLogged = true;
+
   constructor(
     readonly undeliveredCount: number,
     cause: unknown,

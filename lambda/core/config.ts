@@ -25,6 +25,10 @@ export interface ProxyConfig {
   readonly maxBodyBytes: number;
   /** How long to wait for the upstream's response headers. */
   readonly upstreamTimeoutMs: number;
+  /** Secrets that sign user ids (`USER_ID_SIGNING_SECRETS`); empty: user ids are taken as given. */
+  readonly userIdSigningSecrets: readonly string[];
+  /** Secret that pseudonymises user ids before storage (`USER_ID_HASH_SECRET`); unset: ids are stored as given. */
+  readonly userIdHashSecret: string | undefined;
 }
 
 export interface LocalConfig extends ProxyConfig {
@@ -103,6 +107,8 @@ export function proxyConfigFromEnv(env: Env): ProxyConfig {
     provider: provider === '' ? undefined : provider,
     maxBodyBytes: intVar(env, 'MAX_BODY_BYTES', DEFAULT_MAX_BODY_BYTES, 1024, 256 * 1024 * 1024),
     upstreamTimeoutMs: intVar(env, 'UPSTREAM_TIMEOUT_MS', 600_000, 1_000, 3_600_000),
+    userIdSigningSecrets: keyListVar(env, 'USER_ID_SIGNING_SECRETS'),
+    userIdHashSecret: keyListVar(env, 'USER_ID_HASH_SECRET')[0],
   };
 }
 

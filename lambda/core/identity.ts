@@ -2,7 +2,8 @@
  * Who a request is billed to, and how it is segmented: the `Helicone-*` request headers and OpenAI's `user` /
  * `safety_identifier` body fields. Everything here is validated before anything is sent upstream.
  */
-import { BadRequestError } from './errors';
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { BadRequestError, UnauthorizedError } from './errors';
 
 export const USER_ID_HEADER = 'helicone-user-id';
 export const PROPERTY_HEADER_PREFIX = 'helicone-property-';
@@ -108,4 +109,77 @@ export function requestIdFrom(headers: Headers, newId: () => string): string {
     throw new BadRequestError('invalid_request_id', 'Helicone-Request-Id must be a UUID.', { param: 'Helicone-Request-Id' });
   }
   return trimmed.toLowerCase();
+}
+
+export const USER_ID_SIGNATURE_HEADER = 'helicone-user-id-signature';
+
+/**
+ * How user ids are trusted and stored.
+ * - Signing: when the browser or a mobile app talks to the gateway directly, an end user could name someone else
+ *   in `Helicone-User-Id`. With signing secrets set, the app's backend signs each user id
+ *   (`hex(HMAC-SHA256(secret, userId))`, sent as `Helicone-User-Id-Signature`) and the gateway refuses a request
+ *   whose user id is missing, unsigned or wrongly signed. Several secrets may be valid at once, for rotation.
+ * - Pseudonymisation: with a hashing secret set, the id is replaced by `u_` + 32 hex of HMAC-SHA256(secret, id)
+ *   before anything is stored or logged; the metrics API hashes ids in its paths the same way, so a known id can
+ *   still be looked up.
+ */
+export interface UserIdPolicy {
+  /** Checks the signature (when required) and returns the id to store. */
+  admit(userId: string | null, headers: Headers): string | null;
+  /** The stored form of a user id given to the metrics API. */
+  stored(userId: string): string;
+}
+
+export interface UserIdPolicyOptions {
+  readonly signingSecrets?: readonly string[];
+  readonly hashSecret?: string;
+}
+
+/** @example const policy = userIdPolicy({ signingSecrets: ['s3cret'] }); policy.admit('u1', headers) */
+export function userIdPolicy(options: UserIdPolicyOptions): UserIdPolicy {
+  const signing = (options.signingSecrets ?? []).map((secret) => Buffer.from(secret, 'utf8'));
+  const hashSecret = options.hashSecret;
+  const stored = (userId: string): string =>
+    hashSecret === undefined ? userId : `u_${createHmac('sha256', hashSecret).update(userId, 'utf8').digest('hex').slice(0, 32)}`;
+  return {
+    stored,
+    admit(userId, headers) {
+      if (signing.length > 0) {
+        if (userId === null) {
+          throw new UnauthorizedError('missing_user_id', 'This gateway requires a signed Helicone-User-Id.', {
+            param: 'Helicone-User-Id',
+          });
+        }
+        // The signature covers the id from the header only: a body `user` cannot carry one.
+        if (headers.get(USER_ID_HEADER) === null) {
+          throw new UnauthorizedError('unsigned_user_id', 'Send the user id in Helicone-User-Id with its signature.', {
+            param: 'Helicone-User-Id',
+          });
+        }
+        const presented = (headers.get(USER_ID_SIGNATURE_HEADER) ?? '').trim().toLowerCase();
+        if (!/^[0-9a-f]{64}$/.test(presented)) {
+          throw new UnauthorizedError('invalid_user_signature', 'Helicone-User-Id-Signature must be 64 hex characters.', {
+            param: 'Helicone-User-Id-Signature',
+          });
+        }
+        const given = Buffer.from(presented, 'hex');
+        let valid = false;
+        for (const secret of signing) {
+          const expected = createHmac('sha256', secret).update(userId, 'utf8').digest();
+          if (timingSafeEqual(expected, given)) valid = true;
+        }
+        if (!valid) {
+          throw new UnauthorizedError('invalid_user_signature', 'Helicone-User-Id-Signature does not match the user id.', {
+            param: 'Helicone-User-Id-Signature',
+          });
+        }
+      }
+      return userId === null ? null : stored(userId);
+    },
+  };
+}
+
+/** Signs a user id the way the gateway checks it; for the app's backend (and tests). */
+export function signUserId(secret: string, userId: string): string {
+  return createHmac('sha256', secret).update(userId, 'utf8').digest('hex');
 }

@@ -13,7 +13,7 @@ import {
   errorResponse,
 } from './errors';
 import type { ExecutionContext, FetchHandler } from './handler';
-import { propertiesFrom, requestIdFrom, userIdFrom } from './identity';
+import { propertiesFrom, requestIdFrom, userIdFrom, userIdPolicy } from './identity';
 import { bearerToken } from './keys';
 import { describeError, type Logger } from './log';
 import type { KeyStore } from './ports';
@@ -225,6 +225,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
   const newId = deps.newId ?? (() => crypto.randomUUID());
   const provider = deps.config.provider ?? providerOf(deps.config.upstreamUrl);
   const upstreamBase = deps.config.upstreamUrl;
+  const userIds = userIdPolicy({ signingSecrets: deps.config.userIdSigningSecrets, hashSecret: deps.config.userIdHashSecret });
 
   async function prepare(request: Request): Promise<PreparedRequest> {
     const requestId = requestIdFrom(request.headers, newId);
@@ -263,7 +264,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       }
       if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) body = parsed as Record<string, unknown>;
     }
-    const userId = userIdFrom(request.headers, body);
+    const userId = userIds.admit(userIdFrom(request.headers, body), request.headers);
     const stream = body?.stream === true;
     let upstreamBody = raw;
     let injectedUsage = false;

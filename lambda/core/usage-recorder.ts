@@ -43,8 +43,13 @@ export class UsageRecorder {
       this.withRetries(() => counters.record([event])),
     ]);
     if (logged !== undefined) {
-      // Events hold no secrets or bodies, so the whole record can go to the logs for replay.
-      log.error('usage_event_undelivered', { request_id: event.request_id, error: describeError(logged), event });
+      // Events hold no secrets or bodies, so the whole record can go to the logs for replay, once.
+      const alreadyLogged = (logged as { eventsLogged?: unknown }).eventsLogged === true;
+      log.error('usage_event_undelivered', {
+        request_id: event.request_id,
+        error: describeError(logged),
+        ...(alreadyLogged ? {} : { event }),
+      });
     }
     if (counted !== undefined) {
       log.error('usage_counters_not_updated', { request_id: event.request_id, error: describeError(counted) });

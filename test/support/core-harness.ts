@@ -25,6 +25,7 @@ export function coreHarness(options: {
   gatewayKeys?: string[];
   env?: Record<string, string>;
   log?: Logger;
+  fetch?: typeof fetch;
 }): CoreHarness {
   const sink = new RecordingSink();
   const counters = new RecordingCounters();
@@ -35,6 +36,7 @@ export function coreHarness(options: {
     recorder: new UsageRecorder({ sink, counters, log, retryDelayMs: 1 }),
     tokenCounter: lazyTokenCounter(async () => (await import('../../lambda/tokenizer')).o200kCounter),
     log,
+    ...(options.fetch ? { fetch: options.fetch } : {}),
   });
   return {
     sink,

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { collectingContext } from '../../lambda/core/handler';
+import { signUserId } from '../../lambda/core/identity';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream';
 import { JSON_HEADERS, chatBody, coreHarness, type CoreHarness } from '../support/core-harness';
 
@@ -466,5 +467,62 @@ describe('content types', () => {
     });
     assert.equal(lastUpstreamRequest().path, '/v1/audio/transcriptions');
     assert.equal(event?.usage_source, 'none');
+  });
+});
+
+describe('signed user ids', () => {
+  const secret = 'user-signing-secret-0123456789';
+  let signed: CoreHarness;
+  before(() => {
+    signed = coreHarness({ upstreamUrl: upstream.url, env: { USER_ID_SIGNING_SECRETS: `old-secret-0123456789abcdef,${secret}` } });
+  });
+
+  it('accepts a user id signed with any configured secret', async () => {
+    const { response, event } = await signed.send('/v1/chat/completions', {
+      method: 'POST',
+      headers: { ...JSON_HEADERS, 'Helicone-User-Id': 'alice', 'Helicone-User-Id-Signature': signUserId(secret, 'alice') },
+      body: chatBody(),
+    });
+    assert.equal(response.status, 200);
+    assert.equal(event?.user_id, 'alice');
+  });
+
+  const refusals: Array<[string, Record<string, string>, string, string]> = [
+    ['no user id', {}, '{}', 'missing_user_id'],
+    ['a body user without the header', {}, '{"user":"alice"}', 'unsigned_user_id'],
+    ['no signature', { 'Helicone-User-Id': 'alice' }, '{}', 'invalid_user_signature'],
+    ['a signature for someone else', { 'Helicone-User-Id': 'alice', 'Helicone-User-Id-Signature': signUserId(secret, 'bob') }, '{}', 'invalid_user_signature'],
+    ['a signature with another secret', { 'Helicone-User-Id': 'alice', 'Helicone-User-Id-Signature': signUserId('not-the-secret-0123456789', 'alice') }, '{}', 'invalid_user_signature'],
+  ];
+  for (const [what, headers, extra, code] of refusals) {
+    it(`refuses ${what} with a 401 and sends nothing upstream`, async () => {
+      const { response, text } = await signed.send('/v1/chat/completions', {
+        method: 'POST',
+        headers: { ...JSON_HEADERS, ...headers },
+        body: chatBody(JSON.parse(extra)),
+      });
+      assert.equal(response.status, 401);
+      assert.equal(JSON.parse(text).error.code, code);
+      assert.equal(upstream.requests.length, 0);
+    });
+  }
+});
+
+describe('pseudonymised user ids', () => {
+  it('stores a keyed hash of the user id, never the id itself', async () => {
+    const hashed = coreHarness({ upstreamUrl: upstream.url, env: { USER_ID_HASH_SECRET: 'hash-secret-0123456789abcdef' } });
+    const { event } = await hashed.send('/v1/chat/completions', {
+      method: 'POST',
+      headers: { ...JSON_HEADERS, 'Helicone-User-Id': 'alice@example.com' },
+      body: chatBody(),
+    });
+    assert.match(event?.user_id ?? '', /^u_[0-9a-f]{32}$/);
+    assert.ok(!JSON.stringify(event).includes('alice'));
+    const again = await hashed.send('/v1/chat/completions', {
+      method: 'POST',
+      headers: { ...JSON_HEADERS, 'Helicone-User-Id': 'alice@example.com' },
+      body: chatBody(),
+    });
+    assert.equal(again.event?.user_id, event?.user_id, 'the same user maps to the same id');
   });
 });
