@@ -108,30 +108,38 @@ export interface AccountingReport {
   readonly pass: boolean;
   readonly sent: number;
   readonly answered2xx: number;
-  readonly notAnswered2xx: number;
+  /** Answered with another HTTP status. */
+  readonly answeredOther: number;
+  /** No answer at all (the load generator gave up or the connection failed). */
+  readonly unanswered: number;
   /** Event lines of these users, and distinct request ids among them. */
   readonly eventLines: number;
   readonly distinctEvents: number;
   readonly duplicateEvents: number;
-  /** 2xx answers whose request id has no event. */
+  /** Answered requests with no event, or whose event has another status than the answer. */
   readonly missingEvents: number;
-  /** Events whose request id the generator never got a 2xx for. */
+  readonly statusMismatches: number;
+  /** Events whose request id was never sent. */
   readonly unexpectedEvents: number;
+  /** Unanswered requests the gateway still recorded (it cannot know the client stopped listening). */
+  readonly unansweredWithEvent: number;
   /** `Helicone-Id` answers that differ from the request id sent. */
   readonly idMismatches: number;
   readonly counterRequests: number;
   readonly users: number;
-  /** Users whose 2xx answers, events and counters do not all agree. */
+  /** Users whose distinct events and counter requests differ. */
   readonly usersDisagreeing: number;
-  /** Milliseconds after the last answer until the counters held every request. */
+  /** Milliseconds after the last answer until the counters held every event. */
   readonly countersSettledMs: number;
   readonly failures: readonly string[];
 }
 
 /**
- * Compares what the load generator sent with the event files and the live counters. It passes only when every
- * request was answered 2xx and answers = distinct events = counter requests, in total and for each user, with no
- * duplicate event and no event for a request that was not sent.
+ * Compares what the load generator saw with the event files and the live counters. Passes when every answered
+ * request has exactly one event with the status the client received, no request has two, no event belongs to a
+ * request that was not sent, and the live counters hold exactly the events, in total and for each user. A request
+ * that got no answer may or may not have an event (the gateway cannot tell that its answer was not read); those
+ * are counted, not failed.
  */
 export function checkAccounting(
   sent: readonly SentRequest[],
@@ -140,49 +148,60 @@ export function checkAccounting(
   countersSettledMs: number,
 ): AccountingReport {
   const failures: string[] = [];
-  const okByUser = new Map<string, number>();
-  const okIds = new Set<string>();
+  const sentIds = new Set<string>();
+  let answered2xx = 0;
+  let answeredOther = 0;
+  let unanswered = 0;
+  let missingEvents = 0;
+  let statusMismatches = 0;
+  let unansweredWithEvent = 0;
   let idMismatches = 0;
   for (const request of sent) {
+    sentIds.add(request.requestId);
     if (request.gatewayId !== undefined && request.gatewayId !== request.requestId) idMismatches++;
-    if (request.status >= 200 && request.status < 300) {
-      okIds.add(request.requestId);
-      okByUser.set(request.userId, (okByUser.get(request.userId) ?? 0) + 1);
+    const eventStatus = events.statusById.get(request.requestId);
+    if (request.status === 0) {
+      unanswered++;
+      if (eventStatus !== undefined) unansweredWithEvent++;
+      continue;
     }
+    if (request.status >= 200 && request.status < 300) answered2xx++;
+    else answeredOther++;
+    if (eventStatus === undefined) missingEvents++;
+    else if (eventStatus !== request.status) statusMismatches++;
   }
-  let missingEvents = 0;
-  for (const id of okIds) if (!events.linesById.has(id)) missingEvents++;
   let unexpectedEvents = 0;
   let duplicateEvents = 0;
   for (const [id, lines] of events.linesById) {
-    if (!okIds.has(id)) unexpectedEvents++;
+    if (!sentIds.has(id)) unexpectedEvents++;
     duplicateEvents += lines - 1;
   }
-  const users = new Set([...okByUser.keys(), ...events.byUser.keys(), ...counters.keys()]);
+  const users = new Set([...events.byUser.keys(), ...counters.keys()]);
   let usersDisagreeing = 0;
-  for (const user of users) {
-    const ok = okByUser.get(user) ?? 0;
-    if (ok !== (events.byUser.get(user) ?? 0) || ok !== (counters.get(user) ?? 0)) usersDisagreeing++;
-  }
+  for (const user of users) if ((events.byUser.get(user) ?? 0) !== (counters.get(user) ?? 0)) usersDisagreeing++;
   const counterRequests = sum(counters.values());
-  const notAnswered2xx = sent.length - okIds.size;
-  if (notAnswered2xx > 0) failures.push(`${notAnswered2xx} requests were not answered 2xx`);
   if (missingEvents > 0) failures.push(`${missingEvents} answered requests have no event`);
-  if (unexpectedEvents > 0) failures.push(`${unexpectedEvents} events for requests not answered 2xx`);
+  if (statusMismatches > 0) failures.push(`${statusMismatches} events carry another status than the answer`);
+  if (unexpectedEvents > 0) failures.push(`${unexpectedEvents} events for requests that were not sent`);
   if (duplicateEvents > 0) failures.push(`${duplicateEvents} duplicate event lines`);
-  if (idMismatches > 0) failures.push(`${idMismatches} answers carried a different Helicone-Id`);
-  if (counterRequests !== okIds.size) failures.push(`counters hold ${counterRequests} requests, ${okIds.size} were answered`);
-  if (usersDisagreeing > 0) failures.push(`${usersDisagreeing} users disagree between answers, events and counters`);
+  if (idMismatches > 0) failures.push(`${idMismatches} answers carried another Helicone-Id than the request id sent`);
+  if (counterRequests !== events.linesById.size) {
+    failures.push(`counters hold ${counterRequests} requests, the event files ${events.linesById.size}`);
+  }
+  if (usersDisagreeing > 0) failures.push(`${usersDisagreeing} users have other counter totals than events`);
   return {
     pass: failures.length === 0,
     sent: sent.length,
-    answered2xx: okIds.size,
-    notAnswered2xx,
+    answered2xx,
+    answeredOther,
+    unanswered,
     eventLines: events.lines,
     distinctEvents: events.linesById.size,
     duplicateEvents,
     missingEvents,
+    statusMismatches,
     unexpectedEvents,
+    unansweredWithEvent,
     idMismatches,
     counterRequests,
     users: users.size,
@@ -190,4 +209,31 @@ export function checkAccounting(
     countersSettledMs,
     failures,
   };
+}
+
+/**
+ * Reads the event files and the live counters once both have caught up: first until the files hold at least
+ * `minEvents` events of the wanted users (both writes happen after each answer), then until the counters hold
+ * what the files hold, re-reading the files to be sure neither moved on meanwhile.
+ */
+export async function settledEventsAndCounters(
+  dataDir: string,
+  gatewayUrl: string,
+  wanted: (userId: string) => boolean,
+  minEvents: number,
+): Promise<{ events: EventTally; counters: Map<string, number>; countersSettledAt: number }> {
+  let events = await tallyEvents(dataDir, wanted);
+  for (let i = 0; i < 20 && events.linesById.size < minEvents; i++) {
+    await sleep(250);
+    events = await tallyEvents(dataDir, wanted);
+  }
+  for (let attempt = 0; ; attempt++) {
+    const started = performance.now();
+    const settled = await settledCounters(gatewayUrl, wanted, events.linesById.size);
+    const again = await tallyEvents(dataDir, wanted);
+    if (again.lines === events.lines || attempt >= 3) {
+      return { events, counters: settled.counters, countersSettledAt: started + settled.settledMs };
+    }
+    events = again;
+  }
 }

@@ -21,8 +21,17 @@ function clockTicks(): number {
 
 /** User + system CPU milliseconds a process has used so far, or NaN when /proc cannot tell (not Linux, exited). */
 export function processCpuMs(pid: number | 'self'): number {
+  return cpuMsFrom(`/proc/${pid}/stat`);
+}
+
+/** The same for a process's main thread alone (its JavaScript), without its worker threads. */
+export function mainThreadCpuMs(pid: number): number {
+  return cpuMsFrom(`/proc/${pid}/task/${pid}/stat`);
+}
+
+function cpuMsFrom(statFile: string): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(statFile, 'utf8');
     // The command name (field 2) may contain spaces and parentheses: count fields from the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const utime = Number(fields[11]);
@@ -58,6 +67,7 @@ export function machineCpu(): MachineCpu {
 /** CPU time of the benchmark's processes and of the machine, read at one moment. */
 export interface CpuReading {
   readonly gatewayMs: number;
+  readonly gatewayMainThreadMs: number;
   readonly upstreamMs: number;
   readonly benchMs: number;
   readonly machine: MachineCpu;
@@ -66,6 +76,7 @@ export interface CpuReading {
 export function readCpu(gatewayPid: number, upstreamPid: number): CpuReading {
   return {
     gatewayMs: processCpuMs(gatewayPid),
+    gatewayMainThreadMs: mainThreadCpuMs(gatewayPid),
     upstreamMs: processCpuMs(upstreamPid),
     benchMs: processCpuMs('self'),
     machine: machineCpu(),
@@ -74,6 +85,8 @@ export function readCpu(gatewayPid: number, upstreamPid: number): CpuReading {
 
 export interface CpuSpent {
   readonly gatewayMs: number;
+  /** Of `gatewayMs`, the main thread's: JavaScript, HTTP parsing, the event loop. The rest is worker threads. */
+  readonly gatewayMainThreadMs: number;
   readonly upstreamMs: number;
   readonly benchMs: number;
   /** Busy CPU time of everything else on the machine. */
@@ -89,6 +102,7 @@ export function cpuBetween(from: CpuReading, to: CpuReading): CpuSpent {
   const busy = to.machine.busyMs - from.machine.busyMs;
   return {
     gatewayMs,
+    gatewayMainThreadMs: to.gatewayMainThreadMs - from.gatewayMainThreadMs,
     upstreamMs,
     benchMs,
     otherMs: Math.max(0, busy - gatewayMs - upstreamMs - benchMs),

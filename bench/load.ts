@@ -25,7 +25,7 @@ export interface Sample {
   readonly error: string | undefined;
 }
 
-const REQUEST_TIMEOUT_MS = 15_000;
+const REQUEST_TIMEOUT_MS = 60_000;
 
 /** One server reached through its own pool of keep-alive connections. */
 export class HttpTarget {

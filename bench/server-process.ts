@@ -32,6 +32,13 @@ export interface ServerProcessOptions {
 }
 
 const running = new Set<ChildProcess>();
+/** Servers that exited without being asked to, for the message of a run that fails because of it. */
+const unexpectedExits: string[] = [];
+
+/** One line per server that exited on its own (crashed or was killed from outside), e.g. `gateway: signal SIGKILL`. */
+export function unexpectedServerExits(): readonly string[] {
+  return unexpectedExits;
+}
 
 /** Last resort: a synchronous SIGKILL of every child still running, for `process.on('exit')`. */
 export function killAllServersNow(): void {
@@ -60,9 +67,11 @@ export function startServerProcess(options: ServerProcessOptions): Promise<Serve
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   running.add(child);
+  let stopping = false;
   const exited = new Promise<void>((resolve) => {
-    child.once('exit', () => {
+    child.once('exit', (code, signal) => {
       running.delete(child);
+      if (!stopping) unexpectedExits.push(`${options.name}: ${signal !== null ? `signal ${signal}` : `exit code ${code}`}`);
       resolve();
     });
   });
@@ -78,6 +87,7 @@ export function startServerProcess(options: ServerProcessOptions): Promise<Serve
     );
     const fail = (error: Error) => {
       clearTimeout(timer);
+      stopping = true;
       child.kill('SIGKILL');
       const output = earlyOutput.slice(-20).join('\n');
       reject(new Error(`${error.message}${output ? `\n--- ${options.name} output ---\n${output}` : ''}`));
@@ -99,6 +109,7 @@ export function startServerProcess(options: ServerProcessOptions): Promise<Serve
         laterOutput,
         async stop(graceMs = 10_000) {
           if (child.exitCode !== null || child.signalCode !== null) return;
+          stopping = true;
           child.kill('SIGTERM');
           const killer = setTimeout(() => child.kill('SIGKILL'), graceMs);
           await exited;

@@ -1,15 +1,19 @@
 /**
  * `npm start`: the gateway on this machine with embedded storage (files and DuckDB), no AWS account needed.
  */
+import { readFileSync } from 'node:fs';
 import { ConfigError, localConfigFromEnv } from '../lambda/core/config';
+import { limitsConfigFromEnv } from '../lambda/core/limits';
 import { createLogger, describeError } from '../lambda/core/log';
 import { openLocalGateway } from '../lambda/local/local-gateway';
 import { serve } from '../lambda/local/node-adapter';
 
 async function main(): Promise<void> {
   let config;
+  let limits;
   try {
     config = localConfigFromEnv(process.env);
+    limits = limitsConfigFromEnv(process.env, (path) => readFileSync(path, 'utf8'));
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`Configuration error: ${error.message}\n`);
@@ -18,7 +22,7 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = createLogger(config.logLevel);
-  const gateway = await openLocalGateway({ config, log });
+  const gateway = await openLocalGateway({ config, log, limits });
   const server = await serve(gateway.handler, { port: config.port, host: config.host, log });
   const shownHost = config.host === '0.0.0.0' ? 'localhost' : config.host;
   const base = server.url.replace(/\/\/[^/]+:/, `//${shownHost}:`);
@@ -26,6 +30,7 @@ async function main(): Promise<void> {
     'LLM usage gateway is running.',
     `  OpenAI base URL:  ${base}/v1`,
     `  Metrics API:      ${base}/metrics/users`,
+    `  Dashboard:        ${base}/dashboard/`,
     `  Upstream:         ${config.upstreamUrl}`,
     `  Data directory:   ${gateway.dataDir}`,
     config.gatewayKeys.length > 0

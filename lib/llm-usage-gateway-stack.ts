@@ -4,6 +4,7 @@ import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type { Construct } from 'constructs';
 import { AccessLogsBucket } from './access-logs-bucket';
 import { GatewayApi, type GatewayThrottle } from './gateway-api';
+import type { GatewayLimits } from './gateway-limits';
 import type { GatewayLogLevel } from './gateway-function';
 import { MetricsFunction } from './metrics-function';
 import { ProxyFunction } from './proxy-function';
@@ -67,6 +68,11 @@ export interface LlmUsageGatewayStackProps extends StackProps {
    * @default false
    */
   readonly sourceMap?: boolean;
+  /**
+   * Default rate limits and monthly budget of every user; per-user limits are set through the metrics API.
+   * @default - none
+   */
+  readonly limits?: GatewayLimits;
 }
 
 /**
@@ -127,6 +133,7 @@ export class LlmUsageGatewayStack extends Stack {
       upstreamOpenAiUrl: props.upstreamOpenAiUrl,
       memorySize: props.proxyMemorySize,
       reservedConcurrentExecutions: props.proxyReservedConcurrency,
+      limits: props.limits,
     });
     this.metrics = new MetricsFunction(this, 'Metrics', {
       ...functionOptions,
@@ -134,6 +141,7 @@ export class LlmUsageGatewayStack extends Stack {
       usageLog: this.usageLog,
       queries: this.queries,
       adminKeySecret: this.adminKeySecret,
+      limits: props.limits,
     });
 
     this.api = new GatewayApi(this, 'Api', {

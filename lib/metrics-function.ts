@@ -4,6 +4,7 @@ import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 import { LAMBDA_ENTRIES, nodejsBundling } from './bundling';
 import { createGatewayFunction, type GatewayFunctionOptions } from './gateway-function';
+import { limitsEnvironment, type GatewayLimits } from './gateway-limits';
 import type { UsageCounters } from './usage-counters';
 import type { UsageLog } from './usage-log';
 import type { UsageQueries } from './usage-queries';
@@ -35,6 +36,11 @@ export interface MetricsFunctionProps extends GatewayFunctionOptions {
    * @default Duration.seconds(30)
    */
   readonly timeout?: Duration;
+  /**
+   * The default limits, shown next to a user's own by `GET /metrics/users/{id}/limits` (the proxy's own setting).
+   * @default - none
+   */
+  readonly limits?: GatewayLimits;
 }
 
 /**
@@ -74,9 +80,11 @@ export class MetricsFunction extends Construct {
         ATHENA_TABLE: usageLog.table.tableName,
         QUERY_WAIT_MS: String(queryWait.toMilliseconds()),
         RESULTS_BUCKET_NAME: queries.resultsBucket.bucketName,
+        ...limitsEnvironment(props.limits),
       },
     });
     counters.grantRead(this.function);
+    counters.grantWriteUserLimits(this.function);
     adminKeySecret.grantRead(this.function);
     queries.grantRunQueries(this.function);
     usageLog.grantReadEvents(this.function);

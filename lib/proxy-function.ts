@@ -3,6 +3,7 @@ import type { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
 import { Construct } from 'constructs';
 import { LAMBDA_ENTRIES, proxyBundling } from './bundling';
 import { createGatewayFunction, type GatewayFunctionOptions } from './gateway-function';
+import { limitsEnvironment, type GatewayLimits } from './gateway-limits';
 import type { UsageCounters } from './usage-counters';
 import { RECOVERY_PREFIX, type UsageLog } from './usage-log';
 
@@ -47,6 +48,11 @@ export interface ProxyFunctionProps extends GatewayFunctionOptions {
    * @default - no reservation: the proxy shares the account's unreserved concurrency
    */
   readonly reservedConcurrentExecutions?: number;
+  /**
+   * Default rate limits and budget of every user.
+   * @default - none: only users given limits through the metrics API are limited
+   */
+  readonly limits?: GatewayLimits;
 }
 
 /**
@@ -81,6 +87,7 @@ export class ProxyFunction extends Construct {
         COUNTERS_TABLE_NAME: counters.table.tableName,
         RECOVERY_BUCKET_NAME: usageLog.bucket.bucketName,
         RECOVERY_PREFIX,
+        ...limitsEnvironment(props.limits),
       },
     });
     usageLog.grantPutEvents(this.function);

@@ -1,8 +1,8 @@
 import { RemovalPolicy } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
-import type * as iam from 'aws-cdk-lib/aws-iam';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
-import { counterTableDefinition, TTL_ATTRIBUTE } from '../lambda/aws/table-design';
+import { counterTableDefinition, TTL_ATTRIBUTE, USER_LIMITS_PREFIX } from '../lambda/aws/table-design';
 import { acknowledgeGrantWildcards, arnWildcardFinding } from './nag-acknowledgments';
 
 type KeyElement = { readonly AttributeName: string; readonly KeyType: 'HASH' | 'RANGE' };
@@ -79,6 +79,19 @@ export class UsageCounters extends Construct {
     const grant = this.table.grantReadWriteData(grantee);
     this.acknowledgeIndexWildcard(grantee);
     return grant;
+  }
+
+  /**
+   * Lets `grantee` put and delete users' own limits, and nothing else: the items under `L#<user>` partition keys
+   * (IAM `dynamodb:LeadingKeys`), so totals, keys and limit counters stay out of its reach.
+   */
+  grantWriteUserLimits(grantee: iam.IGrantable): iam.Grant {
+    return iam.Grant.addToPrincipal({
+      grantee,
+      actions: ['dynamodb:PutItem', 'dynamodb:DeleteItem'],
+      resourceArns: [this.table.tableArn],
+      conditions: { 'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': [`${USER_LIMITS_PREFIX}*`] } },
+    });
   }
 
   private acknowledgeIndexWildcard(grantee: iam.IGrantable): void {

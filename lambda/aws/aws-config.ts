@@ -3,6 +3,7 @@
  * value fails the cold start with the variable's name, rather than a request later.
  */
 import { ConfigError, intVar, proxyConfigFromEnv, stringVar, type ProxyConfig } from '../core/config';
+import { limitsConfigFromEnv, type LimitsConfig } from '../core/limits';
 import type { LogLevel } from '../core/log';
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -27,6 +28,8 @@ export interface ProxyLambdaConfig extends ProxyConfig {
   readonly recoveryBucketName: string;
   readonly recoveryPrefix: string;
   readonly logLevel: LogLevel;
+  /** Default rate limits and budget (`DEFAULT_MONTHLY_BUDGET_USD`, `DEFAULT_RATE_LIMIT_POLICY`, …). */
+  readonly limits: LimitsConfig;
 }
 
 export function proxyLambdaConfigFromEnv(env: Env): ProxyLambdaConfig {
@@ -39,6 +42,7 @@ export function proxyLambdaConfigFromEnv(env: Env): ProxyLambdaConfig {
     recoveryBucketName: required(env, 'RECOVERY_BUCKET_NAME'),
     recoveryPrefix: stringVar(env, 'RECOVERY_PREFIX', 'recovery/'),
     logLevel: logLevel(env),
+    limits: limitsConfigFromEnv(env),
   };
 }
 
@@ -50,7 +54,11 @@ export interface MetricsLambdaConfig {
   readonly athenaTable: string;
   /** How long a history query may run inside the request before the API answers 202. */
   readonly queryWaitMs: number;
+  /** Bucket of the Athena work group's results, where exports are written; without it exports answer 404. */
+  readonly resultsBucketName?: string;
   readonly logLevel: LogLevel;
+  /** The default limits, shown next to a user's own by `GET /metrics/users/{id}/limits`. */
+  readonly limits: LimitsConfig;
 }
 
 export function metricsLambdaConfigFromEnv(env: Env): MetricsLambdaConfig {
@@ -62,6 +70,8 @@ export function metricsLambdaConfigFromEnv(env: Env): MetricsLambdaConfig {
     athenaTable: required(env, 'ATHENA_TABLE'),
     // API Gateway's buffered integrations time out at 29 s.
     queryWaitMs: intVar(env, 'QUERY_WAIT_MS', 20_000, 0, 28_000),
+    ...(env.RESULTS_BUCKET_NAME?.trim() ? { resultsBucketName: env.RESULTS_BUCKET_NAME.trim() } : {}),
     logLevel: logLevel(env),
+    limits: limitsConfigFromEnv(env),
   };
 }

@@ -57,7 +57,7 @@ import type {
   UserSort,
   UserTotals,
 } from '../core/ports';
-import { eventDate, isErrorEvent, type UsageEvent } from '../core/usage-event';
+import { eventDate, isErrorEvent, isGatewayRateLimited, type UsageEvent } from '../core/usage-event';
 import {
   DAY_TOTALS_TTL_DAYS,
   MODEL_TOTALS_PREFIX,
@@ -839,7 +839,7 @@ function incrementsOf(event: UsageEvent): Increments {
     total_tokens: event.total_tokens,
     cost_nano_usd: event.cost_nano_usd ?? 0,
     unpriced_requests: event.cost_source === 'unknown_model' ? 1 : 0,
-    rate_limited: event.status === 429 && event.error === 'rate_limited' ? 1 : 0,
+    rate_limited: isGatewayRateLimited(event) ? 1 : 0,
   };
 }
 

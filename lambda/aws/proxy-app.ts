@@ -7,6 +7,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { join } from 'node:path';
 import { createGateway, healthCheck } from '../core/gateway';
 import type { FetchHandler } from '../core/handler';
+import { createLimiter } from '../core/limits';
 import { createLogger, type Logger } from '../core/log';
 import { createProxy } from '../core/proxy';
 import { lazyTokenCounter, type TokenCounter } from '../core/tokens';
@@ -15,6 +16,7 @@ import { errorResponse, NotFoundError } from '../core/errors';
 import type { ProxyLambdaConfig } from './aws-config';
 import { createCounterStoreClient, DynamoDbCounterStore } from './dynamodb-counter-store';
 import { DynamoDbKeyStore } from './dynamodb-key-store';
+import { DynamoDbLimitStore } from './dynamodb-limit-store';
 import { createFirehoseClient, FirehoseEventSink } from './firehose-event-sink';
 
 /** Clients the proxy talks to; tests pass ones pointed at local servers. */
@@ -27,6 +29,9 @@ export interface ProxyAppClients {
   /** Loads the tokenizer. @default the `tokenizer.js` bundle next to this file */
   readonly loadTokenizer?: () => Promise<TokenCounter>;
 }
+
+/** How long a warm proxy reuses a user's limits read from the table. */
+export const USER_LIMITS_CACHE_MS = 30_000;
 
 /** File name of the tokenizer bundle in the proxy's asset (see lib/bundling.ts). */
 const TOKENIZER_FILE = 'tokenizer.js';
@@ -62,6 +67,13 @@ export function createProxyApp(config: ProxyLambdaConfig, clients: ProxyAppClien
     config,
     gatewayKeys,
     recorder: new UsageRecorder({ sink, counters, log }),
+    // Limits changed through the metrics function apply here within the cache time.
+    limiter: createLimiter({
+      store: new DynamoDbLimitStore({ client: countersClient, tableName: config.countersTableName, logger: log }),
+      config: config.limits,
+      log,
+      limitsCacheMs: USER_LIMITS_CACHE_MS,
+    }),
     tokenCounter: lazyTokenCounter(clients.loadTokenizer ?? loadTokenizerBundle),
     log,
     ...(clients.fetch ? { fetch: clients.fetch } : {}),

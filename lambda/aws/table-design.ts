@@ -14,6 +14,13 @@
  * | `R#<request_id>`  | `R`               | "this request is counted" marker (expires after a week)   |
  * | `K#<sha256 hex>`  | `K`               | a gateway key, found by the hash of the presented key     |
  * | `KEYS`            | `<key_id>`        | the listing of gateway keys (ids, labels, dates)          |
+ * | `U#<user>`        | `B#YYYY-MM`       | the user's spending plus open reservations in one UTC month, `used` in nano-dollars (expires after 400 days) |
+ * | `L#<user>`        | `LIMITS`          | the user's own limits (JSON `limits`), set through the metrics API |
+ * | `RL#<segment>`    | `W#<unit>#<w>#<start ms>` | one rate-limit window of one segment (`user:<id>`, `property:<name>:<value>`), `used` in requests or nano-dollars (expires a day after the window) |
+ *
+ * Limit counters are changed with conditional `ADD`s (`attribute_not_exists(used) OR used <= :limit - :amount`), so
+ * concurrent requests can never push one past its limit. User limits have a partition prefix of their own so the
+ * metrics function can be allowed to write them (IAM `dynamodb:LeadingKeys` `L#*`) and nothing else.
  *
  * A user's detail reads its three totals items by key and Queries its `M#` items; it never reads the whole user
  * partition, which holds a day item for every active day.
@@ -86,6 +93,15 @@ export const REQUEST_MARKER_SK = 'R';
 export const GATEWAY_KEY_PREFIX = 'K#';
 export const GATEWAY_KEY_SK = 'K';
 export const GATEWAY_KEY_LIST_PK = 'KEYS';
+export const BUDGET_USAGE_PREFIX = 'B#';
+export const USER_LIMITS_PREFIX = 'L#';
+export const USER_LIMITS_SK = 'LIMITS';
+export const LIMIT_WINDOW_PREFIX = 'RL#';
+export const LIMIT_WINDOW_SK_PREFIX = 'W#';
+/** Lifetime of a month's spending item, counted from the month's first day. */
+export const BUDGET_USAGE_TTL_DAYS = 400;
+/** How long a window item outlives its window. */
+export const LIMIT_WINDOW_TTL_SLACK_DAYS = 1;
 
 /** The index and the number attribute behind each `/metrics/users?sort=`. */
 export const USER_SORT_INDEXES: Readonly<Record<UserSort, { readonly indexName: string; readonly sortKey: string }>> = {

@@ -1,44 +1,30 @@
 /**
- * The metrics API under `/metrics`: live per-user totals from the CounterStore and range queries over the event
- * log from the HistoryStore. The same code serves locally and on AWS.
+ * The metrics API under `/metrics`: the router, auth and error handling, and the live per-user totals from the
+ * CounterStore. Range queries over the event log are history routes (`history-routes.ts`) handed in as
+ * `deps.routes`. The same code serves locally and on AWS.
  */
 import { BadRequestError, GatewayError, MethodNotAllowedError, NotFoundError, UnauthorizedError, errorResponse } from './errors';
 import type { FetchHandler } from './handler';
 import { bearerToken } from './keys';
 import { describeError, type Logger } from './log';
-import type {
-  CounterStore,
-  HistoryResult,
-  HistoryStore,
-  KeyStore,
-  ModelTotals,
-  Period,
-  UsageGroupRow,
-  UsageQuery,
-  UsageTotals,
-  UserSort,
-  UserTotals,
-} from './ports';
-import { QueryParams, dayOf, daysBetween } from './query-params';
+import type { CounterStore, KeyStore, ModelTotals, Period, UsageTotals, UserSort, UserTotals } from './ports';
+import { QueryParams, dayOf } from './query-params';
 import { nanoToUsd } from './usage-event';
 
 export interface MetricsDeps {
   readonly counters: CounterStore;
-  /** Range queries over the event log; without it `/metrics/usage` answers 404. */
-  readonly history?: HistoryStore;
   readonly metricsKeys: KeyStore;
   readonly log: Logger;
   readonly now?: () => number;
-  /** How long a history query may run before the API answers 202 with a query id. @default 20000 */
-  readonly queryWaitMs?: number;
   /** Routes of other features (history analysis, limits), served with the same auth and error handling. */
   readonly routes?: readonly MetricsRoute[];
+  /** Maps a user id in a path (`:userId`) to its stored form (pseudonymised ids). @default the id itself */
+  readonly storedUserId?: (userId: string) => string;
 }
 
-/** Longest range `/metrics/usage` accepts, in days. */
-export const MAX_RANGE_DAYS = 366;
+export { MAX_RANGE_DAYS } from './history-routes';
+export { MAX_USAGE_LIMIT } from './history-sql';
 export const MAX_USERS_LIMIT = 1000;
-export const MAX_USAGE_LIMIT = 10_000;
 
 /** Totals as the API shows them: cost in USD. */
 export function apiTotals(t: UsageTotals) {
@@ -72,20 +58,6 @@ function apiModel(m: ModelTotals) {
   };
 }
 
-function apiGroup(row: UsageGroupRow) {
-  return {
-    group: row.group,
-    requests: row.requests,
-    errors: row.errors,
-    users: row.users,
-    prompt_tokens: row.prompt_tokens,
-    completion_tokens: row.completion_tokens,
-    total_tokens: row.total_tokens,
-    cost_usd: nanoToUsd(row.cost_nano_usd),
-    unpriced_requests: row.unpriced_requests,
-  };
-}
-
 const EMPTY_TOTALS = (at: null) => ({
   requests: 0,
   errors: 0,
@@ -101,8 +73,6 @@ const EMPTY_TOTALS = (at: null) => ({
   last_active: at,
 });
 
-const PROPERTY_GROUP = /^property:([A-Za-z0-9_-]{1,64})$/;
-
 /**
  * Creates the metrics API handler.
  * @example const metrics = createMetricsApi({ counters, metricsKeys, log });
@@ -110,7 +80,6 @@ const PROPERTY_GROUP = /^property:([A-Za-z0-9_-]{1,64})$/;
  */
 export function createMetricsApi(deps: MetricsDeps): FetchHandler {
   const now = deps.now ?? Date.now;
-  const queryWaitMs = deps.queryWaitMs ?? 20_000;
 
   async function authorize(request: Request): Promise<void> {
     if (!deps.metricsKeys.enabled) return;
@@ -162,60 +131,9 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
     });
   }
 
-  function historyResponse(result: HistoryResult<UsageGroupRow>, meta: Record<string, unknown>): Response {
-    if (result.state === 'running') {
-      return json({ state: 'running', query_id: result.queryId, result_url: `/metrics/queries/${result.queryId}` }, 202);
-    }
-    return json({ state: 'done', ...meta, groups: result.rows.map(apiGroup) });
-  }
-
-  async function usage(url: URL): Promise<Response> {
-    if (deps.history === undefined) throw new NotFoundError('not_available', 'History queries are not configured.');
-    const q = QueryParams.of(url);
-    const today = dayOf(now());
-    const to = q.day('to', today);
-    const from = q.day('from', `${to.slice(0, 7)}-01`);
-    const groupByRaw = q.string('group_by') ?? 'user';
-    const sort = q.oneOf('sort', ['cost', 'requests'] as const, 'cost');
-    const order = q.oneOf('order', ['desc', 'asc'] as const, 'desc');
-    const limit = q.integer('limit', 100, 1, MAX_USAGE_LIMIT);
-    const userId = q.string('user_id');
-    q.rejectUnknown();
-    if (from > to) throw new BadRequestError('invalid_range', '"from" must not be after "to".', { param: 'from' });
-    if (daysBetween(from, to) > MAX_RANGE_DAYS) {
-      throw new BadRequestError('invalid_range', `The range may span at most ${MAX_RANGE_DAYS} days.`, { param: 'to' });
-    }
-    let groupBy: UsageQuery['groupBy'];
-    if (groupByRaw === 'user' || groupByRaw === 'model') groupBy = groupByRaw;
-    else {
-      const match = PROPERTY_GROUP.exec(groupByRaw);
-      if (!match) {
-        throw new BadRequestError('invalid_parameter', '"group_by" must be user, model or property:<Name> (A-Z, a-z, 0-9, _ or -).', {
-          param: 'group_by',
-        });
-      }
-      groupBy = { property: match[1]!.toLowerCase() };
-    }
-    if (userId !== undefined && (userId.length > 256 || /[\u0000-\u001f\u007f-\u009f]/.test(userId))) {
-      throw new BadRequestError('invalid_parameter', '"user_id" must be at most 256 characters without control characters.', {
-        param: 'user_id',
-      });
-    }
-    const query: UsageQuery = { from, to, groupBy, sort, order, limit, ...(userId === undefined ? {} : { userId }) };
-    const result = await deps.history.usage(query, queryWaitMs);
-    return historyResponse(result, { from, to, group_by: groupByRaw });
-  }
-
-  async function queryResult(id: string): Promise<Response> {
-    if (deps.history === undefined) throw new NotFoundError('not_available', 'History queries are not configured.');
-    return historyResponse(await deps.history.queryResult(id), { query_id: id });
-  }
-
   const routes: MetricsRoute[] = [
     { method: 'GET', path: ['users'], handle: ({ url }) => listUsers(url) },
     { method: 'GET', path: ['users', ':userId'], handle: ({ url, params }) => getUser(url, params.userId!) },
-    { method: 'GET', path: ['usage'], handle: ({ url }) => usage(url) },
-    { method: 'GET', path: ['queries', ':queryId'], handle: ({ params }) => queryResult(params.queryId!) },
     ...(deps.routes ?? []),
   ];
 
@@ -237,7 +155,11 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
         });
       }
       await authorize(request);
-      return await match.route.handle({ request, url, params: match.params });
+      const params =
+        match.params.userId !== undefined && deps.storedUserId !== undefined
+          ? { ...match.params, userId: deps.storedUserId(match.params.userId) }
+          : match.params;
+      return await match.route.handle({ request, url, params });
     } catch (error) {
       if (!(error instanceof GatewayError) || error.statusCode >= 500) {
         deps.log.error('metrics_request_failed', { path: new URL(request.url).pathname, error: describeError(error) });

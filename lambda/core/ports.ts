@@ -94,7 +94,7 @@ export interface CounterStore {
 
 /** Totals per group over a range of days, answered from the event log. */
 export interface UsageQuery {
-  /** Inclusive UTC days, `YYYY-MM-DD`. */
+  /** Inclusive days, `YYYY-MM-DD`, in UTC shifted by `tzOffsetMinutes`. */
   readonly from: string;
   readonly to: string;
   readonly groupBy: 'user' | 'model' | { readonly property: string };
@@ -102,6 +102,8 @@ export interface UsageQuery {
   readonly order: 'asc' | 'desc';
   readonly limit: number;
   readonly userId?: string;
+  /** Offset of the days from UTC in minutes, e.g. 330 for `+05:30`. @default 0 */
+  readonly tzOffsetMinutes?: number;
 }
 
 export interface UsageGroupRow {
@@ -121,12 +123,75 @@ export type HistoryResult<T> =
   | { readonly state: 'done'; readonly rows: readonly T[] }
   | { readonly state: 'running'; readonly queryId: string };
 
-/** Queries over the event log (DuckDB over local files, Athena over the Parquet log). */
+/** The SQL dialect a history store runs: DuckDB locally, Athena (Trino) on AWS. */
+export type SqlDialect = 'duckdb' | 'athena';
+
+/** One value of a history result row: numbers for numeric columns, strings for text, null for SQL NULL. */
+export type HistoryValue = string | number | null;
+export type HistoryRow = Readonly<Record<string, HistoryValue>>;
+
+/**
+ * A statement built in core (`lambda/core/history-sql.ts`) for the store's dialect and relation, with positional
+ * `?` placeholders and their values in order.
+ */
+export interface HistoryStatement {
+  readonly sql: string;
+  readonly params: readonly (string | number)[];
+  /** Inclusive `dt` partitions the statement reads; the local store reads only these days' files. */
+  readonly days: { readonly from: string; readonly to: string };
+}
+
+export type ExportFormat = 'csv' | 'ndjson';
+
+/** The per-request events of a day range, deduplicated by `request_id`, oldest first. */
+export interface EventExportQuery {
+  readonly from: string;
+  readonly to: string;
+  readonly userId?: string;
+  readonly format: ExportFormat;
+  /** @default 0 */
+  readonly tzOffsetMinutes?: number;
+}
+
+/** A link to one file of an export, valid until the export's `expiresAt`. */
+export interface ExportFile {
+  readonly url: string;
+  readonly key: string;
+  readonly bytes: number | null;
+}
+
+/**
+ * An export either streams its events through the API (locally) or is written by the query engine to files the
+ * caller downloads through pre-signed links (AWS), and may still be running there.
+ */
+export type EventExport =
+  | { readonly state: 'streaming'; readonly events: AsyncIterable<UsageEvent> }
+  | {
+      readonly state: 'done';
+      readonly format: ExportFormat;
+      readonly compression: 'none' | 'gzip';
+      readonly files: readonly ExportFile[];
+      /** ISO-8601 UTC time the links stop working. */
+      readonly expiresAt: string;
+    }
+  | { readonly state: 'running'; readonly queryId: string };
+
+/**
+ * Queries over the event log (DuckDB over local files, Athena over the Parquet log). The statements are built in
+ * core for the store's {@link dialect} and {@link source}; the store only runs them and hands back plain rows.
+ */
 export interface HistoryStore {
-  /** Totals per group over a day range, deduplicated by `request_id`. Waits at most `waitMs` before `running`. */
-  usage(query: UsageQuery, waitMs: number): Promise<HistoryResult<UsageGroupRow>>;
-  /** Result of a query that was `running`; `running` again while it still is. Throws NotFoundError for an unknown id. */
-  queryResult(queryId: string): Promise<HistoryResult<UsageGroupRow>>;
+  readonly dialect: SqlDialect;
+  /** The relation statements read: every UsageEvent column plus `dt`. */
+  readonly source: string;
+  /** Runs a statement, waiting at most `waitMs` before answering `running` with a query id. */
+  execute(statement: HistoryStatement, waitMs: number): Promise<HistoryResult<HistoryRow>>;
+  /** Result of a statement that was `running`; `running` again while it still is. Throws NotFoundError for an unknown id. */
+  queryResult(queryId: string): Promise<HistoryResult<HistoryRow>>;
+  /** Starts an export of events. */
+  exportEvents(query: EventExportQuery, waitMs: number): Promise<EventExport>;
+  /** Result of an export that was `running`. Throws NotFoundError for an unknown id. */
+  exportResult(queryId: string): Promise<EventExport>;
   close?(): Promise<void>;
 }
 
@@ -139,4 +204,76 @@ export interface KeyStore {
   readonly enabled: boolean;
   /** The key's id (first 12 hex of its hash) when valid, else null. Must compare in constant time. */
   verify(key: string): Promise<string | null>;
+}
+
+/**
+ * A counter the limiter keeps: the requests (or cost) of one segment in one rate-limit window, or what one user has
+ * spent (and holds reserved) in one UTC month.
+ */
+export type LimitCounter =
+  | {
+      readonly kind: 'window';
+      /** Who the window counts: `user:<id>`, `user:` + NUL for no user, `property:<name>:<value>`, … */
+      readonly segment: string;
+      readonly unit: 'request' | 'cents';
+      readonly windowSeconds: number;
+      /** Epoch milliseconds of the window's first instant (a multiple of the window length). */
+      readonly windowStart: number;
+    }
+  | {
+      readonly kind: 'budget';
+      /** Null is the bucket of requests that named no user. */
+      readonly userId: string | null;
+      /** `YYYY-MM`, UTC. */
+      readonly month: string;
+    };
+
+/** Adds `amount` to a counter unless the counter would then exceed `limit`. */
+export interface LimitCharge {
+  readonly counter: LimitCounter;
+  /** Requests for `request` windows; nano-dollars for `cents` windows and budgets. */
+  readonly amount: number;
+  /** Highest value the counter may reach; null counts without a cap. */
+  readonly limit: number | null;
+}
+
+export interface LimitChargeResult {
+  /** True when every charge fitted and all were added; false when none was. */
+  readonly admitted: boolean;
+  /** Per charge, in order: whether it fitted its limit. */
+  readonly fits: readonly boolean[];
+  /** Per charge: the counter after the charge when admitted, else the counter as the store found it. */
+  readonly used: readonly number[];
+}
+
+/** A user's own limits, set through the metrics API. A field left out means "the configured default". */
+export interface UserLimits {
+  /** Monthly budget in nano-dollars; null: no budget for this user, whatever the default. */
+  readonly monthlyBudgetNanoUsd?: number | null;
+  /** Rate-limit policies in canonical form (`100;w=3600;u=request;s=user`); replaces the default policies. */
+  readonly rateLimits?: readonly string[];
+  readonly blocked?: boolean;
+  /** ISO-8601 UTC time of the last change. */
+  readonly updatedAt: string;
+}
+
+/**
+ * Rate-limit windows, monthly budgets and per-user limits, in the same store as the live totals (DuckDB locally,
+ * DynamoDB on AWS). The limiter in `limits.ts` decides; the store only keeps counters and checks them atomically.
+ */
+export interface LimitStore {
+  /**
+   * All or nothing: adds every charge's amount when each counter stays within its limit (`used + amount <= limit`),
+   * otherwise adds none. Concurrent calls never let a counter pass its limit.
+   */
+  charge(charges: readonly LimitCharge[]): Promise<LimitChargeResult>;
+  /** Adds signed amounts without any limit: settles a reservation against the real cost, records spending. */
+  adjust(adjustments: readonly { readonly counter: LimitCounter; readonly amount: number }[]): Promise<void>;
+  /** Current values (0 for a counter never charged). */
+  read(counters: readonly LimitCounter[]): Promise<number[]>;
+  /** The user's own limits, or null when only the defaults apply. */
+  getLimits(userId: string | null): Promise<UserLimits | null>;
+  /** Sets the user's own limits; null removes them (back to the defaults). */
+  putLimits(userId: string | null, limits: UserLimits | null): Promise<void>;
+  close?(): Promise<void>;
 }

@@ -143,19 +143,27 @@ function clientResponseHeaders(
 async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   const declared = request.headers.get('content-length');
   if (declared !== null && Number(declared) > limit) {
-    throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`);
+    throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`, { param: 'body' });
   }
   if (request.body === null) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = request.body.getReader();
   for (;;) {
-    const { done, value } = await reader.read();
+    let read: Awaited<ReturnType<typeof reader.read>>;
+    try {
+      read = await reader.read();
+    } catch (error) {
+      // The client's body broke off (a connection closed before its Content-Length, bad chunked framing): the
+      // client's fault, and nothing was sent upstream.
+      throw new BadRequestError('incomplete_body', 'The request body ended before it was complete.', { param: 'body', cause: error });
+    }
+    const { done, value } = read;
     if (done) break;
     size += value.byteLength;
     if (size > limit) {
       await reader.cancel().catch(() => undefined);
-      throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`);
+      throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`, { param: 'body' });
     }
     chunks.push(value);
   }

@@ -82,6 +82,18 @@ export function isErrorEvent(event: Pick<UsageEvent, 'status' | 'error'>): boole
   return event.status < 200 || event.status >= 300 || event.error !== null;
 }
 
+/** The `error` of an event the gateway refused itself for one of its own limits, with status 429. */
+export const GATEWAY_RATE_LIMITED_ERROR = 'rate_limited';
+
+/**
+ * True when the gateway itself refused the request for one of its own limits (status 429 and error
+ * `rate_limited`), not a provider's 429 (`upstream_rate_limited`). This is what every `rate_limited` total counts,
+ * in the live counters and in history queries alike.
+ */
+export function isGatewayRateLimited(event: Pick<UsageEvent, 'status' | 'error'>): boolean {
+  return event.status === 429 && event.error === GATEWAY_RATE_LIMITED_ERROR;
+}
+
 /** Converts exact nano-dollars to the USD number the API returns. */
 export function nanoToUsd(nanos: number | bigint): number {
   return Number(nanos) / 1e9;

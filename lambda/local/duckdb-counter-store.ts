@@ -25,7 +25,7 @@ import type {
   UserPage,
   UserSort,
 } from '../core/ports';
-import { eventDate, isErrorEvent, type UsageEvent } from '../core/usage-event';
+import { eventDate, isErrorEvent, isGatewayRateLimited, type UsageEvent } from '../core/usage-event';
 import { openDuckDb, type DuckDb, type DuckDbParam, type DuckDbSession, type DuckDbStatements } from './duckdb';
 
 /**
@@ -37,13 +37,8 @@ export const NO_USER_KEY = '\u0000';
 /** How long a counted request id is remembered for deduplication, measured from the request's `ts`. */
 export const RECORDED_REQUEST_RETENTION_MS = 3 * 24 * 60 * 60 * 1000;
 
-/**
- * True when the gateway itself refused the request for one of its own limits (not a provider's 429). This is what
- * the `rate_limited` total counts.
- */
-export function isGatewayRateLimited(event: Pick<UsageEvent, 'status' | 'error'>): boolean {
-  return event.status === 429 && event.error === 'rate_limited';
-}
+/** Kept as an export of this module for existing callers; the one definition is in core/usage-event. */
+export { isGatewayRateLimited };
 
 export interface DuckDbCounterStoreOptions {
   /** Database file (e.g. `${dataDir}/counters.duckdb`) or `:memory:`; ignored when `db` is given. */

@@ -62,15 +62,22 @@ const instances = new Map<string, Promise<SharedInstance>>();
  * const db = await openDuckDb('/var/lib/gateway/counters.duckdb');
  * const rows = await db.all<{ n: number }>('SELECT count(*) AS n FROM user_totals WHERE user_id = ?', [userId]);
  */
+/**
+ * The gateway's transactions are many and tiny (a counter batch every few dozen milliseconds); spreading each over
+ * a thread pool costs far more in hand-offs than it saves. One thread keeps a batch to a few milliseconds of CPU;
+ * history scans over large ranges are the ones that would use more, and stay well within budget on one core.
+ */
+const DUCKDB_OPTIONS = { threads: process.env.DUCKDB_THREADS ?? '1' };
+
 export async function openDuckDb(path: string): Promise<DuckDb> {
   const key = path === ':memory:' ? null : resolve(path);
   let shared: SharedInstance;
   if (key === null) {
-    shared = { instance: await DuckDBInstance.create(':memory:'), handles: 0 };
+    shared = { instance: await DuckDBInstance.create(':memory:', DUCKDB_OPTIONS), handles: 0 };
   } else {
     let opening = instances.get(key);
     if (!opening) {
-      opening = DuckDBInstance.create(key).then((instance) => ({ instance, handles: 0 }));
+      opening = DuckDBInstance.create(key, DUCKDB_OPTIONS).then((instance) => ({ instance, handles: 0 }));
       instances.set(key, opening);
       opening.catch(() => instances.delete(key));
     }

@@ -105,15 +105,21 @@ export interface ReadEventsOptions extends DayRange {
 }
 
 /**
- * Reads every event of the NDJSON segments in a day range, in write order per day, skipping lines that are not
- * complete events (the torn last line of a segment whose writer was killed). Duplicates are returned as stored:
- * deduplicating by `request_id` is the reader's business.
+ * Reads every event of the event files in a day range, in file order per day: the NDJSON segments line by line,
+ * skipping lines that are not complete events (the torn last line of a segment whose writer was killed), and the
+ * compacted Parquet files page by page through DuckDB. Duplicates are returned as stored: deduplicating by
+ * `request_id` is the reader's business.
  * @example for await (const event of readEvents(dataDir, { from: '2026-11-22', to: '2026-11-22' })) count++;
  */
 export async function* readEvents(dataDir: string, options: ReadEventsOptions = {}): AsyncIterable<UsageEvent> {
   const files = await listEventFiles(dataDir, options);
   for (const file of files) {
-    if (file.format !== 'ndjson') continue;
+    if (file.format === 'parquet') {
+      // Loaded only when there is Parquet to read: the NDJSON path needs no database.
+      const { readParquetEvents } = await import('./duckdb-history-store');
+      yield* readParquetEvents(file.path);
+      continue;
+    }
     const lines = createInterface({ input: createReadStream(file.path), crlfDelay: Infinity });
     let lineNumber = 0;
     for await (const line of lines) {

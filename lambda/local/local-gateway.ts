@@ -6,18 +6,29 @@
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { LocalConfig } from '../core/config';
+import { createDashboard } from '../core/dashboard';
 import { createGateway } from '../core/gateway';
+import { historyRoutes } from '../core/history-routes';
 import type { FetchHandler } from '../core/handler';
 import { StaticKeyStore } from '../core/keys';
+import { limitRoutes } from '../core/limit-routes';
+import { createLimiter, NO_DEFAULT_LIMITS, type LimitsConfig } from '../core/limits';
 import type { Logger } from '../core/log';
 import { createMetricsApi } from '../core/metrics-api';
 import { createProxy } from '../core/proxy';
+import { userIdPolicy } from '../core/identity';
 import { lazyTokenCounter } from '../core/tokens';
 import { UsageRecorder } from '../core/usage-recorder';
 import { openDuckDb } from './duckdb';
 import { DuckDbCounterStore } from './duckdb-counter-store';
 import { DuckDbHistoryStore } from './duckdb-history-store';
+import { EventCompactor } from './event-compaction';
+import { DuckDbLimitStore } from './duckdb-limit-store';
 import { FileEventSink } from './file-event-sink';
+import { createUpstreamClient } from './upstream-client';
+
+/** How long recorded usage waits to join a counter transaction. */
+const COUNTER_FLUSH_MS = 250;
 
 export interface LocalGateway {
   readonly handler: FetchHandler;
@@ -26,6 +37,7 @@ export interface LocalGateway {
   readonly sink: FileEventSink;
   readonly counters: DuckDbCounterStore;
   readonly history: DuckDbHistoryStore;
+  readonly limits: DuckDbLimitStore;
   /** Flushes and closes every store. Call after the server has drained. */
   close(): Promise<void>;
 }
@@ -33,8 +45,10 @@ export interface LocalGateway {
 export interface LocalGatewayOptions {
   readonly config: LocalConfig;
   readonly log: Logger;
-  /** Upstream HTTP client. @default globalThis.fetch */
+  /** Upstream HTTP client. @default a keep-alive node:http(s) client (see upstream-client.ts) */
   readonly fetch?: typeof fetch;
+  /** Default rate limits and budget (`limitsConfigFromEnv`). @default none: only users given limits are limited */
+  readonly limits?: LimitsConfig;
 }
 
 /**
@@ -47,28 +61,38 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
   await mkdir(dataDir, { recursive: true });
   const db = await openDuckDb(join(dataDir, 'gateway.duckdb'));
   const sink = new FileEventSink({ dataDir, log });
-  const counters = await DuckDbCounterStore.open({ db, log });
+  // Each DuckDB transaction costs milliseconds of CPU whatever its size, so batches wait up to a quarter second:
+  // totals still show within the promised second, and the cost per request stays small under load.
+  const counters = await DuckDbCounterStore.open({ db, log, flushIntervalMs: COUNTER_FLUSH_MS });
   const history = await DuckDbHistoryStore.open({ dataDir, db });
+  // Finished days of the event log become Parquet, which history queries read far faster than NDJSON.
+  const compactor = EventCompactor.start({ dataDir, db, log });
   const recorder = new UsageRecorder({ sink, counters, log });
+  const limits = await DuckDbLimitStore.open({ db, log });
+  const limitsConfig = options.limits ?? NO_DEFAULT_LIMITS;
   const proxy = createProxy({
     config,
     gatewayKeys: new StaticKeyStore(config.gatewayKeys),
     recorder,
+    limiter: createLimiter({ store: limits, config: limitsConfig, log }),
     tokenCounter: lazyTokenCounter(async () => (await import('../tokenizer')).o200kCounter),
     log,
-    ...(options.fetch ? { fetch: options.fetch } : {}),
+    fetch: options.fetch ?? createUpstreamClient(),
   });
-  const metrics = createMetricsApi({ counters, history, metricsKeys: new StaticKeyStore(config.metricsKeys), log });
+  const metrics = createMetricsApi({ counters, metricsKeys: new StaticKeyStore(config.metricsKeys), log, storedUserId: userIdPolicy({ hashSecret: config.userIdHashSecret }).stored, routes: [...limitRoutes({ store: limits, config: limitsConfig }), ...historyRoutes({ history, log })] });
   return {
-    handler: createGateway({ proxy, metrics }),
+    handler: createGateway({ proxy, metrics, extra: { '/dashboard': createDashboard() } }),
     dataDir,
     sink,
     counters,
     history,
+    limits,
     async close() {
       await sink.close();
+      await compactor.close();
       await counters.close();
       await history.close();
+      await limits.close();
       await db.close();
     },
   };

@@ -3,10 +3,11 @@
  * socket chunk by chunk as the handler produces it, and client disconnects to request aborts and body
  * cancellation. Work registered with `waitUntil` is tracked so shutdown can wait for it.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, maxHeaderSize, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Readable } from 'node:stream';
-import { errorResponse } from '../core/errors';
+import { BadRequestError, GatewayError, MethodNotAllowedError, errorResponse } from '../core/errors';
 import type { ExecutionContext, FetchHandler } from '../core/handler';
 import { describeError, type Logger } from '../core/log';
 
@@ -20,7 +21,34 @@ export interface NodeServer {
   idle(): Promise<void>;
 }
 
+// Methods a WHATWG Request refuses to represent; node:http parses them, so they are answered here.
+const UNREPRESENTABLE_METHODS = new Set(['CONNECT', 'TRACE', 'TRACK']);
+// A Host value that can only name a host and port: anything else (spaces, `/`, `?`, `@`) would change how the
+// URL parses, so it is replaced rather than trusted. The host plays no part in routing or forwarding.
+const AUTHORITY = /^[A-Za-z0-9._~:[\]-]{1,255}$/;
+
+/** The request's URL: its origin-form target on the Host it names; absolute-form keeps only its path and query. */
+function urlOf(req: IncomingMessage): URL {
+  const host = req.headers.host !== undefined && AUTHORITY.test(req.headers.host) ? req.headers.host : 'localhost';
+  const target = req.url ?? '/';
+  try {
+    if (target.startsWith('/')) return new URL(`http://${host}${target}`);
+    if (target === '*') return new URL(`http://${host}/`);
+    const absolute = new URL(target);
+    if (absolute.protocol === 'http:' || absolute.protocol === 'https:') {
+      return new URL(`http://${host}${absolute.pathname}${absolute.search}`);
+    }
+  } catch {
+    // Falls through to the 400.
+  }
+  throw new BadRequestError('invalid_request_target', 'The request target is not a valid path.', { param: 'path' });
+}
+
 function requestFrom(req: IncomingMessage, signal: AbortSignal): Request {
+  if (UNREPRESENTABLE_METHODS.has(req.method ?? '')) {
+    throw new MethodNotAllowedError('method_not_allowed', `${req.method} is not supported.`, { param: 'method' });
+  }
+  const url = urlOf(req);
   const headers = new Headers();
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
@@ -30,8 +58,6 @@ function requestFrom(req: IncomingMessage, signal: AbortSignal): Request {
       // node:http has validated the header already; Headers is stricter about a few bytes. Skip, don't crash.
     }
   }
-  const host = req.headers.host ?? 'localhost';
-  const url = `http://${host}${req.url ?? '/'}`;
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
   return new Request(url, {
     method: req.method,
@@ -89,6 +115,16 @@ async function writeResponse(response: Response, res: ServerResponse): Promise<v
   }
 }
 
+function errorBody(error: GatewayError): unknown {
+  return { error: { message: error.message, type: error.type, code: error.code, param: error.param ?? null } };
+}
+
+/** A whole HTTP/1.1 JSON error answer for a socket no `ServerResponse` owns; the connection closes after it. */
+function rawJsonError(status: string, error: GatewayError): string {
+  const body = JSON.stringify(errorBody(error));
+  return `HTTP/1.1 ${status}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
+}
+
 /**
  * Starts serving `handler`.
  * @example const { url, close } = await serve(gateway, { port: 8787, host: '127.0.0.1', log });
@@ -105,7 +141,8 @@ export async function serve(
     },
   };
 
-  const server = createServer({ noDelay: true, keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
+  // requireHostHeader off: a request without Host gets the gateway's JSON answers, not node's empty 400.
+  const server = createServer({ noDelay: true, keepAliveTimeout: 65_000, requestTimeout: 0, requireHostHeader: false }, (req, res) => {
     const abort = new AbortController();
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
@@ -116,7 +153,9 @@ export async function serve(
       try {
         response = await handler(requestFrom(req, abort.signal), context);
       } catch (error) {
-        options.log.error('handler_failed', { method: req.method, error: describeError(error) });
+        if (!(error instanceof GatewayError) || error.statusCode >= 500) {
+          options.log.error('handler_failed', { method: req.method, error: describeError(error) });
+        }
         response = errorResponse(error);
       }
       try {
@@ -129,14 +168,29 @@ export async function serve(
   });
   server.on('clientError', (error, socket) => {
     // Malformed HTTP never reaches the handler; answer it in the same JSON shape when the socket still can.
-    if (!socket.writable) return;
-    const body = JSON.stringify({
-      error: { message: 'Malformed HTTP request.', type: 'invalid_request_error', code: 'bad_http', param: null },
-    });
-    const status = (error as { code?: string }).code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = (error as { code?: string }).code === 'HPE_HEADER_OVERFLOW';
     socket.end(
-      `HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      rawJsonError(
+        tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request',
+        tooLarge ? new BadRequestError('headers_too_large', `The request line and headers exceed ${maxHeaderSize} bytes.`) : new BadRequestError('bad_http', 'Malformed HTTP request.'),
+      ),
     );
+  });
+  // A CONNECT tunnel or an unmet Expect never reaches the request handler either; node would drop the socket or
+  // answer with an empty body.
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    socket.on('error', () => socket.destroy());
+    socket.end(rawJsonError('405 Method Not Allowed', new MethodNotAllowedError('method_not_allowed', 'CONNECT is not supported.', { param: 'method' })));
+  });
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    req.resume();
+    const body = JSON.stringify(errorBody(new BadRequestError('expectation_failed', 'Only "Expect: 100-continue" is supported.', { param: 'Expect' })));
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
   });
 
   await new Promise<void>((resolve, reject) => {

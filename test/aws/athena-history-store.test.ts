@@ -1,6 +1,7 @@
 import { describe, it, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { AthenaClient } from '@aws-sdk/client-athena';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import { Parser } from 'node-sql-parser';
 import {
@@ -10,9 +11,18 @@ import {
   type AthenaHistoryStoreOptions,
 } from '../../lambda/aws/athena-history-store';
 import { BadRequestError, NotFoundError, UpstreamError } from '../../lambda/core/errors';
-import { usageQuerySql } from '../../lambda/core/history-sql';
+import {
+  anomaliesSql,
+  distributionSql,
+  exportSql,
+  userSeriesSql,
+  userSummarySql,
+  usageQuerySql,
+  type SqlStatement,
+} from '../../lambda/core/history-sql';
 import { createLogger } from '../../lambda/core/log';
 import type { UsageQuery } from '../../lambda/core/ports';
+import { FakeS3 } from '../support/fake-s3';
 import { FakeAthena, countPlaceholders, parseExecutionParameter, type FakeAthenaTable } from '../support/fake-athena';
 
 const WORK_GROUP = 'usage-gateway';
@@ -168,7 +178,7 @@ describe('AthenaHistoryStore', () => {
     const hostile = "o'brien'); DROP TABLE x; --";
     athena.nextOutcome({ state: 'SUCCEEDED', result: resultRows(1) });
     const query: UsageQuery = { ...baseQuery, userId: hostile };
-    await store().usage(query, 10_000);
+    await store().execute(usageQuerySql(query, 'athena', SOURCE), 10_000);
 
     const expected = usageQuerySql(query, 'athena', SOURCE);
     const [started] = athena.queries;
@@ -187,7 +197,7 @@ describe('AthenaHistoryStore', () => {
 
   it('polls with backoff growing 1.6 times up to the cap', async () => {
     athena.nextOutcome({ state: 'SUCCEEDED', afterPolls: 8, result: resultRows(2) });
-    const result = await store().usage(baseQuery, 60_000);
+    const result = await store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 60_000);
     assert.equal(result.state, 'done');
     assert.deepEqual(sleeps, [100, 160, 256, 410, 655, 1049, 1678, 2000, 2000]);
     assert.equal(athena.calls.GetQueryExecution, 9);
@@ -195,14 +205,14 @@ describe('AthenaHistoryStore', () => {
 
   it('follows the configured poll bounds', async () => {
     athena.nextOutcome({ state: 'SUCCEEDED', afterPolls: 3, result: resultRows(1) });
-    await store({ pollInitialMs: 50, pollMaxMs: 100 }).usage(baseQuery, 60_000);
+    await store({ pollInitialMs: 50, pollMaxMs: 100 }).execute(usageQuerySql(baseQuery, 'athena', SOURCE), 60_000);
     assert.deepEqual(sleeps, [50, 80, 100, 100]);
   });
 
   it('reads every page of a result and maps the columns to numbers', async () => {
     // 2,500 rows plus the header row: pages of 1,000, 1,000 and 501.
     athena.nextOutcome({ state: 'SUCCEEDED', result: resultRows(2_500) });
-    const result = await store().usage(baseQuery, 10_000);
+    const result = await store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000);
     assert.equal(athena.calls.GetQueryResults, 3);
     assert.equal(result.state, 'done');
     if (result.state !== 'done') return;
@@ -227,24 +237,25 @@ describe('AthenaHistoryStore', () => {
 
   it('answers an empty result with no rows', async () => {
     athena.nextOutcome({ state: 'SUCCEEDED', result: { columns: COLUMNS, rows: [] } });
-    assert.deepEqual(await store().usage(baseQuery, 10_000), { state: 'done', rows: [] });
+    assert.deepEqual(await store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000), { state: 'done', rows: [] });
   });
 
-  it('keeps an empty-string group apart from the null group and reads a NULL sum as 0', async () => {
+  it('keeps an empty-string group apart from the null group and a NULL apart from 0', async () => {
     athena.nextOutcome({
       state: 'SUCCEEDED',
       result: { columns: COLUMNS, rows: [['', 1, 0, 1, 1, 1, 2, null, 1]] },
     });
-    const result = await store().usage(baseQuery, 10_000);
+    const result = await store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000);
     assert.equal(result.state, 'done');
     if (result.state !== 'done') return;
     assert.equal(result.rows[0]!.group, '');
-    assert.equal(result.rows[0]!.cost_nano_usd, 0);
+    assert.equal(result.rows[0]!.cost_nano_usd, null, 'a NULL sum stays NULL here; the API reads it as 0');
+    assert.equal(result.rows[0]!.errors, 0);
   });
 
   it('raises a 502 with the reason when the query fails', async () => {
     athena.nextOutcome({ state: 'FAILED', afterPolls: 1, reason: 'HIVE_BAD_DATA: malformed Parquet file' });
-    await assert.rejects(store().usage(baseQuery, 10_000), (error: unknown) => {
+    await assert.rejects(store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000), (error: unknown) => {
       assert.ok(error instanceof UpstreamError);
       assert.equal(error.statusCode, 502);
       assert.equal(error.code, 'history_query_failed');
@@ -255,13 +266,13 @@ describe('AthenaHistoryStore', () => {
 
   it('raises a 502 when the query was cancelled', async () => {
     athena.nextOutcome({ state: 'CANCELLED' });
-    await assert.rejects(store().usage(baseQuery, 10_000), { code: 'history_query_failed' });
+    await assert.rejects(store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000), { code: 'history_query_failed' });
   });
 
   it('answers running with the query id when the wait runs out, then the result once done', async () => {
     athena.nextOutcome({ state: 'RUNNING' });
     const history = store();
-    const first = await history.usage(baseQuery, 1_000);
+    const first = await history.execute(usageQuerySql(baseQuery, 'athena', SOURCE), 1_000);
     assert.equal(first.state, 'running');
     if (first.state !== 'running') return;
     assert.equal(first.queryId, athena.queries[0]!.id);
@@ -276,7 +287,7 @@ describe('AthenaHistoryStore', () => {
 
   it('answers running at once for a zero wait', async () => {
     athena.nextOutcome({ state: 'RUNNING' });
-    const result = await store().usage(baseQuery, 0);
+    const result = await store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 0);
     assert.equal(result.state, 'running');
     assert.equal(athena.calls.GetQueryExecution, undefined);
   });
@@ -284,7 +295,7 @@ describe('AthenaHistoryStore', () => {
   it('raises the failure of a query that failed after the wait ran out', async () => {
     athena.nextOutcome({ state: 'RUNNING' });
     const history = store();
-    const first = await history.usage(baseQuery, 0);
+    const first = await history.execute(usageQuerySql(baseQuery, 'athena', SOURCE), 0);
     assert.equal(first.state, 'running');
     if (first.state !== 'running') return;
     athena.finish(first.queryId, { state: 'FAILED', reason: 'Query exhausted resources at this scale factor' });
@@ -306,7 +317,7 @@ describe('AthenaHistoryStore', () => {
   it('answers 404 for a query of another work group', async () => {
     athena.nextOutcome({ state: 'RUNNING' });
     const other = store({ workGroup: 'primary' });
-    const started = await other.usage(baseQuery, 0);
+    const started = await other.execute(usageQuerySql(baseQuery, 'athena', SOURCE), 0);
     assert.equal(started.state, 'running');
     if (started.state !== 'running') return;
     await assert.rejects(store().queryResult(started.queryId), NotFoundError);
@@ -326,16 +337,22 @@ describe('AthenaHistoryStore', () => {
 
   it('raises a 502 when Athena cannot be called, and logs no credentials', async () => {
     athena.throttleNext(1);
-    await assert.rejects(store().usage(baseQuery, 10_000), { code: 'history_unavailable', statusCode: 502 });
+    await assert.rejects(store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000), { code: 'history_unavailable', statusCode: 502 });
     const all = logLines.join('\n');
     assert.ok(all.includes('history_call_failed'));
     assert.ok(!all.includes(credentials.secretAccessKey) && !all.includes(credentials.accessKeyId));
     assert.ok(!/AWS4-HMAC-SHA256|Signature=/i.test(all));
   });
 
-  it('raises a 502 for a result without the expected columns', async () => {
-    athena.nextOutcome({ state: 'SUCCEEDED', result: { columns: ['group', 'requests'], rows: [['a', 1]] } });
-    await assert.rejects(store().usage(baseQuery, 10_000), { code: 'history_result_invalid' });
+  it('types values by the column metadata: numbers for numeric columns, text for the rest', async () => {
+    athena.nextOutcome({ state: 'SUCCEEDED', result: { columns: ['group', 'requests', 'ratio'], rows: [['42', 1, 0.5]] } });
+    const result = await store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000);
+    assert.deepEqual(result, { state: 'done', rows: [{ group: '42', requests: 1, ratio: 0.5 }] });
+  });
+
+  it('raises a 502 for a numeric column that holds no number', async () => {
+    athena.nextOutcome({ state: 'SUCCEEDED', result: { columns: ['requests'], rows: [[1], ['x']] } });
+    await assert.rejects(store().execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000), { code: 'history_result_invalid' });
   });
 
   it('hands the SQL and the decoded parameters to an answer callback', async () => {
@@ -345,7 +362,7 @@ describe('AthenaHistoryStore', () => {
       return resultRows(1);
     };
     const query: UsageQuery = { ...baseQuery, groupBy: 'model', userId: "it's me" };
-    const result = await store().usage(query, 10_000);
+    const result = await store().execute(usageQuerySql(query, 'athena', SOURCE), 10_000);
     assert.equal(result.state, 'done');
     const expected = usageQuerySql(query, 'athena', SOURCE);
     assert.deepEqual(seen, [expected.sql, expected.params]);
@@ -398,10 +415,29 @@ describe('Athena usage SQL', () => {
     return Object.entries(o).flatMap(([k, v]) => literalPaths(v, values, [...path, k]));
   }
 
-  for (const query of shapes) {
-    const label = JSON.stringify(query.groupBy) + (query.userId ? ' for one user' : '');
+  const window = { from: '2026-03-01', to: '2026-03-31', tzOffsetMinutes: 0 };
+  const statements: [string, () => SqlStatement][] = [
+    ...shapes.map((query): [string, () => SqlStatement] => [
+      `usage ${JSON.stringify(query.groupBy)}${query.userId ? ' for one user' : ''}`,
+      () => usageQuerySql(query, 'athena', SOURCE),
+    ]),
+    ['usage in +05:30', () => usageQuerySql({ ...baseQuery, tzOffsetMinutes: 330 }, 'athena', SOURCE)],
+    ['user series by day', () => userSeriesSql({ ...window, userId: "o'brien", interval: 'day' }, 'athena', SOURCE)],
+    ['user series by hour per model in +05:30', () => userSeriesSql({ ...window, tzOffsetMinutes: 330, userId: 'u', interval: 'hour', groupBy: 'model' }, 'athena', SOURCE)],
+    ['user series by month per property in -08:00', () => userSeriesSql({ ...window, tzOffsetMinutes: -480, userId: 'u', interval: 'month', groupBy: { property: 'team' } }, 'athena', SOURCE)],
+    ['user summary', () => userSummarySql({ ...window, userId: 'u' }, 'athena', SOURCE)],
+    ['user summary in -03:30', () => userSummarySql({ ...window, tzOffsetMinutes: -210, userId: 'u' }, 'athena', SOURCE)],
+    ['cost distribution', () => distributionSql({ ...window, metric: 'cost' }, 'athena', SOURCE)],
+    ['requests distribution in +01:00', () => distributionSql({ ...window, tzOffsetMinutes: 60, metric: 'requests' }, 'athena', SOURCE)],
+    ['anomalies', () => anomaliesSql({ date: '2026-03-31', tzOffsetMinutes: 0, factor: 3, minRequests: 100, minCostNanoUsd: 1e9, cohortProperty: 'plan' }, 'athena', SOURCE)],
+    ['anomalies in +09:00 with a fractional factor', () => anomaliesSql({ date: '2026-03-31', tzOffsetMinutes: 540, factor: 2.5, minRequests: 0, minCostNanoUsd: 0, cohortProperty: 'tier' }, 'athena', SOURCE)],
+    ['CSV export for one user', () => exportSql({ from: '2026-03-01', to: '2026-03-02', userId: 'u', format: 'csv' }, 'athena', SOURCE, { propertiesAsJson: true })],
+    ['NDJSON export (the SELECT inside UNLOAD)', () => exportSql({ from: '2026-03-01', to: '2026-03-02', format: 'ndjson', tzOffsetMinutes: 60 }, 'athena', SOURCE)],
+  ];
+
+  for (const [label, build] of statements) {
     it(`parses as Trino SQL with its parameters bound (${label})`, () => {
-      const { sql, params } = usageQuerySql(query, 'athena', SOURCE);
+      const { sql, params } = build();
       // node-sql-parser 5.4 ships a `trino` grammar (Athena engine 3 is Trino); its `athena` grammar predates
       // Trino functions. Athena binds execution parameters as literals, so the bound statement is what it parses.
       const bound = bind(sql, params.map(toExecutionParameter));
@@ -409,7 +445,7 @@ describe('Athena usage SQL', () => {
     });
 
     it(`puts placeholders only in WHERE clauses, as Athena requires (${label})`, () => {
-      const { sql, params } = usageQuerySql(query, 'athena', SOURCE);
+      const { sql, params } = build();
       const sentinels = params.map((_, i) => `__param_${i}__`);
       const ast = parser.astify(bind(sql, sentinels.map((s) => `'${s}'`)), { database: 'trino' });
       const paths = literalPaths(ast, new Set(sentinels));
@@ -417,4 +453,75 @@ describe('Athena usage SQL', () => {
       for (const path of paths) assert.ok(path.includes('where'), `placeholder at ${path.join('.')} is outside WHERE`);
     });
   }
+});
+
+describe('AthenaHistoryStore exports', () => {
+  let athena: FakeAthena;
+  let s3: FakeS3;
+  let client: AthenaClient;
+  let s3Client: S3Client;
+
+  before(async () => {
+    athena = await FakeAthena.start();
+    s3 = await FakeS3.start();
+    client = new AthenaClient({ endpoint: athena.endpoint, region: 'us-east-1', credentials, maxAttempts: 1 });
+    s3Client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', credentials, forcePathStyle: true });
+  });
+  after(async () => {
+    client.destroy();
+    s3Client.destroy();
+    await athena.close();
+    await s3.close();
+  });
+  beforeEach(() => athena.reset());
+
+  const store = (options: Partial<AthenaHistoryStoreOptions> = {}) =>
+    new AthenaHistoryStore({
+      athena: client,
+      workGroup: WORK_GROUP,
+      database: DATABASE,
+      table: TABLE,
+      log: createLogger('error', () => undefined),
+      sleep: async () => undefined,
+      s3: s3Client,
+      resultsBucket: 'athena-results',
+      ...options,
+    });
+  const query = { from: '2026-03-01', to: '2026-03-02', format: 'ndjson' as const };
+
+  it('answers running, then the links of every non-empty file the UNLOAD wrote, in name order', async () => {
+    athena.nextOutcome({ state: 'RUNNING' });
+    const history = store({ linkExpirySeconds: 600 });
+    const started = await history.exportEvents(query, 0);
+    assert.equal(started.state, 'running');
+    if (started.state !== 'running') return;
+    const sql = athena.queries[0]!.queryString;
+    const prefix = /TO 's3:\/\/athena-results\/(results\/exports\/[0-9a-f-]{36}\/)'/.exec(sql)?.[1];
+    assert.ok(prefix, sql);
+    assert.equal(athena.queries[0]!.resultReuse, undefined, 'an UNLOAD never reuses an old result: its files would be gone');
+    assert.deepEqual(await history.exportResult(started.queryId), { state: 'running', queryId: started.queryId });
+
+    for (const [key, body] of [[`${prefix}b`, '{"x":2}\n'], [`${prefix}a`, '{"x":1}\n'], [`${prefix}empty`, ''], ['results/exports/other/c', 'no']]) {
+      await s3Client.send(new PutObjectCommand({ Bucket: 'athena-results', Key: key, Body: body }));
+    }
+    athena.finish(started.queryId, { state: 'SUCCEEDED', result: { columns: [], rows: [] } });
+    const done = await history.exportResult(started.queryId);
+    assert.equal(done.state, 'done');
+    if (done.state !== 'done') return;
+    assert.deepEqual(done.files.map((f) => [f.key, f.bytes]), [
+      [`${prefix}a`, 8],
+      [`${prefix}b`, 8],
+    ]);
+    assert.equal(new URL(done.files[0]!.url).searchParams.get('X-Amz-Expires'), '600');
+    assert.equal(await (await fetch(done.files[0]!.url)).text(), '{"x":1}\n');
+  });
+
+  it('refuses to hand out links for a query that is not an export, and exports without a results bucket', async () => {
+    athena.nextOutcome({ state: 'SUCCEEDED', result: resultRows(1) });
+    const history = store();
+    await history.execute(usageQuerySql(baseQuery, 'athena', SOURCE), 10_000);
+    await assert.rejects(history.exportResult(athena.queries[0]!.id), NotFoundError);
+    await assert.rejects(store({ resultsBucket: undefined }).exportEvents(query, 0), { code: 'not_available' });
+    assert.equal(athena.queries.length, 1, 'nothing started without a place for the files');
+  });
 });

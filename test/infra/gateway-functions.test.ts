@@ -149,10 +149,19 @@ describe('MetricsFunction', () => {
     assert.ok(Number(env.QUERY_WAIT_MS) < 29_000);
   });
 
-  it('may only read the counters table', () => {
-    const actions = actionsOn(metricsFnId, ids.table);
-    assert.ok(actions.includes('dynamodb:Query') && actions.includes('dynamodb:GetItem'));
-    assert.ok(!actions.some((a) => ['dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:BatchWriteItem'].includes(a)));
+  it('may read the counters table and write nothing in it but users\' own limits', () => {
+    const writes = ['dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:BatchWriteItem'];
+    const onTable = statementsOf(metricsFnId).filter((s) => s.Effect === 'Allow' && JSON.stringify(s.Resource).includes(`"${ids.table}"`));
+    const actionsOf = (s: Statement) => (Array.isArray(s.Action) ? s.Action : [s.Action]);
+    const unconditional = onTable.filter((s) => (s as Statement & { Condition?: unknown }).Condition === undefined).flatMap(actionsOf);
+    assert.ok(unconditional.includes('dynamodb:Query') && unconditional.includes('dynamodb:GetItem'));
+    assert.ok(!unconditional.some((a) => writes.includes(a)), unconditional.join(','));
+    const limitWrites = onTable.filter((s) => actionsOf(s).some((a) => writes.includes(a)));
+    assert.equal(limitWrites.length, 1);
+    assert.deepEqual(actionsOf(limitWrites[0]!).sort(), ['dynamodb:DeleteItem', 'dynamodb:PutItem']);
+    assert.deepEqual((limitWrites[0] as Statement & { Condition?: unknown }).Condition, {
+      'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': ['L#*'] },
+    });
   });
 
   it('may read the admin key secret', () => {

@@ -9,6 +9,7 @@ import type { UsageGroupRow, UsageQuery } from '../../lambda/core/ports';
 import { USAGE_EVENT_VERSION, type UsageEvent } from '../../lambda/core/usage-event';
 import { openDuckDb } from '../../lambda/local/duckdb';
 import { DuckDbHistoryStore, eventsRelationSql } from '../../lambda/local/duckdb-history-store';
+import type { HistoryResult } from '../../lambda/core/ports';
 import { listEventFiles } from '../../lambda/local/event-files';
 import { FileEventSink } from '../../lambda/local/file-event-sink';
 
@@ -83,6 +84,11 @@ const row = (group: string | null, values: Partial<UsageGroupRow>): UsageGroupRo
   ...values,
 });
 
+/** Runs a usage query on a store as the metrics API does; the rows carry exactly the UsageGroupRow columns. */
+async function runUsage(store: DuckDbHistoryStore, query: UsageQuery): Promise<HistoryResult<UsageGroupRow>> {
+  return (await store.execute(usageQuerySql(query, store.dialect, store.source), 0)) as HistoryResult<UsageGroupRow>;
+}
+
 const MAY: Pick<UsageQuery, 'from' | 'to' | 'order' | 'limit'> = { from: '2026-05-01', to: '2026-05-03', order: 'desc', limit: 100 };
 
 describe('DuckDbHistoryStore', () => {
@@ -111,7 +117,7 @@ describe('DuckDbHistoryStore', () => {
   });
 
   const usage = async (query: Partial<UsageQuery>) => {
-    const result = await history.usage({ ...MAY, groupBy: 'user', sort: 'cost', ...query }, 0);
+    const result = await runUsage(history, { ...MAY, groupBy: 'user', sort: 'cost', ...query });
     assert.equal(result.state, 'done');
     return result.state === 'done' ? result.rows : [];
   };
@@ -189,7 +195,7 @@ describe('DuckDbHistoryStore', () => {
   it('rejects a property name with a quote or a semicolon before running anything', async () => {
     for (const property of ["te'am", 'team;DROP', 'a'.repeat(65), '']) {
       await assert.rejects(
-        history.usage({ ...MAY, groupBy: { property }, sort: 'cost' }, 0),
+        runUsage(history, { ...MAY, groupBy: { property }, sort: 'cost' }),
         (error: unknown) => error instanceof BadRequestError && error.param === 'group_by',
         property,
       );
@@ -199,7 +205,7 @@ describe('DuckDbHistoryStore', () => {
   it('answers empty when no event was written yet', async () => {
     const empty = await DuckDbHistoryStore.open({ dataDir: join(root, 'nothing-here') });
     try {
-      assert.deepEqual(await empty.usage({ ...MAY, groupBy: 'user', sort: 'cost' }, 0), { state: 'done', rows: [] });
+      assert.deepEqual(await runUsage(empty, { ...MAY, groupBy: 'user', sort: 'cost' }), { state: 'done', rows: [] });
     } finally {
       await empty.close();
     }
@@ -229,7 +235,7 @@ describe('DuckDbHistoryStore', () => {
     );
     const store = await DuckDbHistoryStore.open({ dataDir: dir, db });
     try {
-      const result = await store.usage({ ...MAY, groupBy: 'user', sort: 'cost' }, 0);
+      const result = await runUsage(store, { ...MAY, groupBy: 'user', sort: 'cost' });
       assert.deepEqual(result.state === 'done' && result.rows.map((r) => [r.group, r.requests, r.cost_nano_usd]), [
         ['carol', 1, 3000],
         ['dave', 1, 7],

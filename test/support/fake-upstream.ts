@@ -91,7 +91,60 @@ export const FAKE_HEADERS = {
   errorAfter: 'x-fake-error-after',
   /** Streams: after this many content events (text deltas), close the connection without ending the body. */
   resetAfter: 'x-fake-reset-after',
+  /** Answer with a malformed response of this kind instead of the real one (see {@link GARBAGE_KINDS}). */
+  garbage: 'x-fake-garbage',
+  /** Size in bytes of the `huge-line` and `binary` garbage (default {@link DEFAULT_GARBAGE_BYTES}). */
+  garbageBytes: 'x-fake-garbage-bytes',
 } as const;
+
+/**
+ * Malformed answers the fake sends on request (`x-fake-garbage: <kind>`), whatever the path, for robustness tests of
+ * whatever reads upstream answers. All are deterministic (bytes derive from the request body) and status 200 unless
+ * said otherwise:
+ *
+ * - `non-json-data`: SSE whose data lines are not JSON objects (broken JSON, arrays, strings, null), a comment, an
+ *   event without data, then `[DONE]`;
+ * - `lone-cr`: SSE chat chunks with lone-CR line endings, CRs inside the text, and mixed line endings;
+ * - `truncated-event`: one valid chunk, then half an event, and the body ends cleanly;
+ * - `cut-mid-event`: one valid chunk, then half an event, and the connection breaks (no chunked terminator);
+ * - `binary`: pseudo-random bytes (NUL, CR, LF, invalid UTF-8) labelled `text/event-stream`;
+ * - `huge-line`: one `data:` line of many bytes, then `[DONE]`;
+ * - `no-blank-lines`: SSE chunks separated by single newlines, never a blank line;
+ * - `sse-as-text`: a valid chat stream labelled `text/plain`;
+ * - `sse-as-json`: a valid chat stream labelled `application/json`;
+ * - `json-not-json`: `application/json` whose body is HTML;
+ * - `truncated-json`: `application/json` cut in the middle of a string;
+ * - `deep-json`: `application/json` nested 100,000 arrays deep;
+ * - `absurd-usage`: a chat completion whose usage holds 1e308, -5, "7", 1e400 and nested garbage;
+ * - `empty-json`: `application/json` with an empty body;
+ * - `bad-gzip`: `content-encoding: gzip` over bytes that are not gzip;
+ * - `short-body`: `content-length` larger than the body, then the connection closes;
+ * - `html-502`: status 502 with an HTML page, as a load balancer in front of a provider sends.
+ */
+export const GARBAGE_KINDS = [
+  'non-json-data',
+  'lone-cr',
+  'truncated-event',
+  'cut-mid-event',
+  'binary',
+  'huge-line',
+  'no-blank-lines',
+  'sse-as-text',
+  'sse-as-json',
+  'json-not-json',
+  'truncated-json',
+  'deep-json',
+  'absurd-usage',
+  'empty-json',
+  'bad-gzip',
+  'short-body',
+  'html-502',
+] as const;
+
+export type GarbageKind = (typeof GARBAGE_KINDS)[number];
+
+/** Size of the `huge-line` and `binary` garbage when `x-fake-garbage-bytes` is absent: 1 MiB. */
+export const DEFAULT_GARBAGE_BYTES = 1024 * 1024;
 
 /**
  * Splits text into whitespace-separated words; the fake's unit of "tokens".
@@ -195,6 +248,8 @@ interface Controls {
   readonly cachedTokens: number;
   readonly errorAfter: number | undefined;
   readonly resetAfter: number | undefined;
+  readonly garbage: GarbageKind | undefined;
+  readonly garbageBytes: number;
 }
 
 type Json = Record<string, unknown>;
@@ -219,6 +274,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, requests: Recor
         'invalid_request_error',
       );
     }
+    if (controls.garbage !== undefined) return await sendGarbage(res, controls.garbage, body, controls.garbageBytes);
     await route(method, path, body, controls, res);
   } catch (error) {
     if (!(error instanceof OpenAIErrorReply)) throw error;
@@ -275,7 +331,16 @@ function controlsFrom(req: IncomingMessage): Controls {
     cachedTokens: integerHeader(req, FAKE_HEADERS.cachedTokens) ?? 0,
     errorAfter: integerHeader(req, FAKE_HEADERS.errorAfter),
     resetAfter: integerHeader(req, FAKE_HEADERS.resetAfter),
+    garbage: garbageKind(req),
+    garbageBytes: integerHeader(req, FAKE_HEADERS.garbageBytes) ?? DEFAULT_GARBAGE_BYTES,
   };
+}
+
+function garbageKind(req: IncomingMessage): GarbageKind | undefined {
+  const value = headerValue(req, FAKE_HEADERS.garbage)?.trim();
+  if (value === undefined) return undefined;
+  if (!(GARBAGE_KINDS as readonly string[]).includes(value)) throw badControl(FAKE_HEADERS.garbage, `one of ${GARBAGE_KINDS.join(', ')}`);
+  return value as GarbageKind;
 }
 
 function headerValue(req: IncomingMessage, name: string): string | undefined {
@@ -745,7 +810,7 @@ async function stream(res: ServerResponse, events: readonly SseEvent[], controls
   res.end();
 }
 
-function write(res: ServerResponse, text: string): Promise<void> {
+function write(res: ServerResponse, text: string | Buffer): Promise<void> {
   return new Promise((resolve) => {
     // Resolves on close too: the client may hang up mid-stream, and the write callback alone may never fire then.
     const onClose = () => resolve();
@@ -762,4 +827,112 @@ function breakConnection(res: ServerResponse): void {
   res.flushHeaders();
   // destroySoon ends the socket after pending writes: delivered data stays delivered, the body never terminates.
   res.socket?.destroySoon();
+}
+
+// ─── Garbage ───────────────────────────────────────────────────────────────────────────────────────────────────────
+
+/** Deterministic bytes from a seed (SHA-256 in counter mode): the same request always gets the same garbage. */
+function seededBytes(seed: string, size: number): Buffer {
+  const out = Buffer.alloc(size);
+  for (let block = 0, offset = 0; offset < size; block++) {
+    const digest = createHash('sha256').update(`${block}:${seed}`).digest();
+    offset += digest.copy(out, offset, 0, Math.min(digest.length, size - offset));
+  }
+  return out;
+}
+
+/** A chat stream's chunks (with usage), as `data:` payloads, for the kinds that mislabel or reframe a valid stream. */
+function chatChunkPayloads(hash: string): string[] {
+  const head = { id: `chatcmpl-${hash.slice(0, 29)}`, object: 'chat.completion.chunk', created: FAKE_CREATED, model: 'gpt-4o-mini-2024-07-18' };
+  const chunk = (delta: Json, finish: string | null) =>
+    JSON.stringify({ ...head, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], usage: null });
+  return [
+    chunk({ role: 'assistant', content: '' }, null),
+    chunk({ content: 'Garbage' }, null),
+    chunk({ content: ' in,\r garbage out' }, null),
+    chunk({}, 'stop'),
+    JSON.stringify({ ...head, choices: [], usage: { prompt_tokens: 5, completion_tokens: 4, total_tokens: 9 } }),
+  ];
+}
+
+const SSE = 'text/event-stream; charset=utf-8';
+
+async function sendGarbage(res: ServerResponse, kind: GarbageKind, body: string, bytes: number): Promise<void> {
+  const hash = createHash('sha256').update(body).digest('hex');
+  const payloads = chatChunkPayloads(hash);
+  const valid = payloads.map((p) => `data: ${p}\n\n`).join('') + DONE;
+  const head = (status: number, headers: Record<string, string | number>) => res.writeHead(status, headers);
+  switch (kind) {
+    case 'non-json-data':
+      head(200, { 'content-type': SSE });
+      for (const part of ['data: {not json\n\n', 'data: [1, 2\n\n', 'data: "a string"\n\n', 'data: null\n\n', 'data: 42\n\n', ': a comment\n\n', 'event: ping\n\n', 'data:\n\n', DONE]) {
+        await write(res, part);
+      }
+      return void res.end();
+    case 'lone-cr':
+      head(200, { 'content-type': SSE });
+      await write(res, `data: ${payloads[0]}\r\r`);
+      await write(res, `data: ${payloads[1]}\r`);
+      await write(res, `\rdata: ${payloads[2]}\n\r\n`);
+      await write(res, `data: ${payloads[3]}\r\n\r\ndata: ${payloads[4]}\r\r\r`);
+      await write(res, 'data: [DONE]\r\r');
+      return void res.end();
+    case 'truncated-event':
+    case 'cut-mid-event': {
+      head(200, { 'content-type': SSE });
+      await write(res, `data: ${payloads[0]}\n\n`);
+      await write(res, `data: ${payloads[1]!.slice(0, 40)}`);
+      if (kind === 'cut-mid-event') return breakConnection(res);
+      return void res.end();
+    }
+    case 'binary':
+      head(200, { 'content-type': SSE });
+      await write(res, seededBytes(hash, bytes));
+      return void res.end();
+    case 'huge-line':
+      head(200, { 'content-type': SSE });
+      await write(res, `data: {"choices":[{"delta":{"content":"${'x'.repeat(bytes)}`);
+      await write(res, `"}}]}\n\n${DONE}`);
+      return void res.end();
+    case 'no-blank-lines':
+      head(200, { 'content-type': SSE });
+      await write(res, payloads.map((p) => `data: ${p}\n`).join(''));
+      return void res.end();
+    case 'sse-as-text':
+    case 'sse-as-json':
+      head(200, { 'content-type': kind === 'sse-as-text' ? 'text/plain' : 'application/json' });
+      await write(res, valid);
+      return void res.end();
+    case 'json-not-json':
+      return sendRaw(res, 200, 'application/json', '<html><body>Bad gateway</body></html>');
+    case 'truncated-json':
+      return sendRaw(res, 200, 'application/json', '{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"message":{"content":"cut');
+    case 'deep-json':
+      return sendRaw(res, 200, 'application/json', '['.repeat(100_000) + ']'.repeat(100_000));
+    case 'absurd-usage':
+      return sendRaw(
+        res,
+        200,
+        'application/json',
+        '{"id":"chatcmpl-2","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"absurd"}}],' +
+          '"usage":{"prompt_tokens":1e308,"completion_tokens":-5,"total_tokens":"7","prompt_tokens_details":{"cached_tokens":1e400},"completion_tokens_details":[1,2]}}',
+      );
+    case 'empty-json':
+      return sendRaw(res, 200, 'application/json', '');
+    case 'bad-gzip':
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      await write(res, seededBytes(hash, 512));
+      return void res.end();
+    case 'short-body':
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': 100 });
+      await write(res, '{"id":"chatcmpl-3","model":"gpt-4o-mini"');
+      return breakConnection(res);
+    case 'html-502':
+      return sendRaw(res, 502, 'text/html', '<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>');
+  }
+}
+
+function sendRaw(res: ServerResponse, status: number, contentType: string, text: string): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
+  res.end(text);
 }
