@@ -4,6 +4,7 @@
  * Translation only: size limits, identity and everything else belong to the core.
  */
 import type { APIGatewayProxyEvent } from 'aws-lambda';
+import { PATH_PREFIX_HEADER } from '../core/handler';
 import { BadRequestError } from '../core/errors';
 
 export interface ApiGatewayRequestOptions {
@@ -32,6 +33,13 @@ export function requestFromApiGatewayEvent(
 ): Request {
   const method = (event.httpMethod || 'GET').toUpperCase();
   const headers = headersFrom(event);
+  // What API Gateway strips from the path (the stage, a base path mapping): links the app hands out need it back.
+  // Whatever a client sent under this name is replaced, never trusted.
+  headers.delete(PATH_PREFIX_HEADER);
+  const publicPath = event.requestContext?.path;
+  if (typeof publicPath === 'string' && event.path && publicPath.endsWith(event.path) && publicPath.length > event.path.length) {
+    headers.set(PATH_PREFIX_HEADER, publicPath.slice(0, publicPath.length - event.path.length));
+  }
   return new Request(urlFrom(event, headers), {
     method,
     headers,

@@ -13,6 +13,12 @@ export interface ExecutionContext {
   waitUntil(promise: Promise<unknown>): void;
 }
 
+/**
+ * Request header the API Gateway adapter sets to the part of the public path the function does not see (the
+ * stage, e.g. `/prod`), so links the app hands out (`result_url`) work from the client's side.
+ */
+export const PATH_PREFIX_HEADER = 'x-forwarded-prefix';
+
 export type FetchHandler = (request: Request, context: ExecutionContext) => Promise<Response>;
 
 /**

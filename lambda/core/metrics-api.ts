@@ -4,7 +4,7 @@
  * `deps.routes`. The same code serves locally and on AWS.
  */
 import { BadRequestError, GatewayError, MethodNotAllowedError, NotFoundError, UnauthorizedError, errorResponse } from './errors';
-import type { FetchHandler } from './handler';
+import { PATH_PREFIX_HEADER, type FetchHandler } from './handler';
 import { bearerToken } from './keys';
 import { describeError, type Logger } from './log';
 import type { CounterStore, KeyStore, ModelTotals, Period, UsageTotals, UserSort, UserTotals } from './ports';
@@ -159,7 +159,8 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
         match.params.userId !== undefined && deps.storedUserId !== undefined
           ? { ...match.params, userId: deps.storedUserId(match.params.userId) }
           : match.params;
-      return await match.route.handle({ request, url, params });
+      const response = await match.route.handle({ request, url, params });
+      return response.status === 202 ? await withPathPrefix(response, request.headers.get(PATH_PREFIX_HEADER)) : response;
     } catch (error) {
       if (!(error instanceof GatewayError) || error.statusCode >= 500) {
         deps.log.error('metrics_request_failed', { path: new URL(request.url).pathname, error: describeError(error) });
@@ -167,6 +168,15 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
       return errorResponse(error);
     }
   };
+}
+
+const SAFE_PREFIX = /^(\/[A-Za-z0-9._~-]+){1,4}$/;
+
+async function withPathPrefix(response: Response, prefix: string | null): Promise<Response> {
+  if (prefix === null || !SAFE_PREFIX.test(prefix)) return response;
+  const body = (await response.json()) as { result_url?: unknown };
+  if (typeof body.result_url === 'string' && body.result_url.startsWith('/')) body.result_url = prefix + body.result_url;
+  return new Response(JSON.stringify(body), { status: response.status, headers: response.headers });
 }
 
 /** A route of the metrics API, relative to `/metrics`. Feature modules contribute their own (`deps.routes`). */

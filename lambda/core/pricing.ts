@@ -55,7 +55,10 @@ export function priceOf(usage: TokenUsage, model: string | null, provider: strin
     result = null;
   }
   if (result === null) return { cost_nano_usd: null, cost_source: 'unknown_model' };
-  return { cost_nano_usd: Math.round(result.total_price * 1e9), cost_source: 'genai-prices' };
+  const nano = Math.round(result.total_price * 1e9);
+  // Totals add costs as exact integers: a cost past 2^53 (or not a number at all) must not reach them.
+  if (!Number.isSafeInteger(nano) || nano < 0) return { cost_nano_usd: null, cost_source: 'unknown_model' };
+  return { cost_nano_usd: nano, cost_source: 'genai-prices' };
 }
 
 /**

@@ -12,8 +12,20 @@ export const MAX_METERED_JSON_BYTES = 32 * 1024 * 1024;
 /** Most answer text kept for a token estimate. */
 const MAX_TEXT_CHARS = 4 * 1024 * 1024;
 
+/**
+ * More tokens than any model reads or writes in one request. A count past it is a broken upstream, not usage: taken
+ * as given it would price at infinity and poison every total it is added to.
+ */
+export const MAX_REPORTED_TOKENS = 1_000_000_000;
+
 function num(value: unknown): number {
   return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? Math.round(value) : 0;
+}
+
+/** The usage, or null when a count is beyond belief (then the request is metered by estimate). */
+function plausible(usage: TokenUsage): TokenUsage | null {
+  for (const count of Object.values(usage)) if (count > MAX_REPORTED_TOKENS) return null;
+  return usage;
 }
 
 function obj(value: unknown): Record<string, unknown> | undefined {
@@ -30,24 +42,24 @@ export function usageFrom(value: unknown): TokenUsage | null {
   if ('input_tokens' in usage || 'output_tokens' in usage) {
     const prompt = num(usage.input_tokens);
     const completion = num(usage.output_tokens);
-    return {
+    return plausible({
       prompt_tokens: prompt,
       completion_tokens: completion,
       cached_prompt_tokens: num(obj(usage.input_tokens_details)?.cached_tokens),
       reasoning_tokens: num(obj(usage.output_tokens_details)?.reasoning_tokens),
       total_tokens: 'total_tokens' in usage ? num(usage.total_tokens) : prompt + completion,
-    };
+    });
   }
   if ('prompt_tokens' in usage || 'completion_tokens' in usage || 'total_tokens' in usage) {
     const prompt = num(usage.prompt_tokens);
     const completion = num(usage.completion_tokens);
-    return {
+    return plausible({
       prompt_tokens: prompt,
       completion_tokens: completion,
       cached_prompt_tokens: num(obj(usage.prompt_tokens_details)?.cached_tokens),
       reasoning_tokens: num(obj(usage.completion_tokens_details)?.reasoning_tokens),
       total_tokens: 'total_tokens' in usage ? num(usage.total_tokens) : prompt + completion,
-    };
+    });
   }
   return null;
 }

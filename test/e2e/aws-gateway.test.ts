@@ -527,7 +527,6 @@ describe('the metrics Lambda through API Gateway', () => {
 
   it(
     'gives a result_url that leads back to the query through the stage',
-    { todo: 'the metrics API builds result_url from the stage-less path the function sees' },
     async () => {
       athena.nextOutcome({ state: 'RUNNING' });
       const running = await metrics(`/metrics/usage?from=${today()}&to=${today()}`);

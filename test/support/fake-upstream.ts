@@ -104,7 +104,7 @@ export const FAKE_HEADERS = {
  *
  * - `non-json-data`: SSE whose data lines are not JSON objects (broken JSON, arrays, strings, null), a comment, an
  *   event without data, then `[DONE]`;
- * - `lone-cr`: SSE chat chunks with lone-CR line endings, CRs inside the text, and mixed line endings;
+ * - `lone-cr`: SSE chat chunks with lone-CR line endings, a CR in the text, and mixed line endings;
  * - `truncated-event`: one valid chunk, then half an event, and the body ends cleanly;
  * - `cut-mid-event`: one valid chunk, then half an event, and the connection breaks (no chunked terminator);
  * - `binary`: pseudo-random bytes (NUL, CR, LF, invalid UTF-8) labelled `text/event-stream`;
@@ -858,7 +858,8 @@ function chatChunkPayloads(hash: string): string[] {
 const SSE = 'text/event-stream; charset=utf-8';
 
 async function sendGarbage(res: ServerResponse, kind: GarbageKind, body: string, bytes: number): Promise<void> {
-  const hash = createHash('sha256').update(body).digest('hex');
+  // As for real answers, what the gateway adds in stream_options changes nothing in the garbage.
+  const hash = createHash('sha256').update(withoutStreamOptions(body)).digest('hex');
   const payloads = chatChunkPayloads(hash);
   const valid = payloads.map((p) => `data: ${p}\n\n`).join('') + DONE;
   const head = (status: number, headers: Record<string, string | number>) => res.writeHead(status, headers);
