@@ -338,7 +338,7 @@ function renderReport(r: Report): string {
     '',
   );
   lines.push(
-    'Rerun: `npm run bench` (about 2½ minutes; rewrites this file). One run on loopback: the fake OpenAI upstream and the ' +
+    'Rerun: `npm run bench` (about 2 minutes; rewrites this file). One run on loopback: the fake OpenAI upstream and the ' +
       'gateway (`bin/local-server.ts`, local storage: event files + DuckDB counters, fresh DATA_DIR, gateway key ' +
       'required, LOG_LEVEL=warn) each in a child process, the load generator (node:http, keep-alive) in the bench ' +
       'process: all three share the machine\'s cores.',

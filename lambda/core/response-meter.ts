@@ -181,13 +181,30 @@ function answerText(body: Record<string, unknown>): string {
   return parts.join('');
 }
 
+/** Largest SSE event held to be read; a longer one (no blank line in sight) passes through unread. */
+export const MAX_METERED_EVENT_BYTES = 16 * 1024 * 1024;
+
+const LF = 0x0a;
+const CR = 0x0d;
+
 /**
- * A server-sent-events answer. Events are parsed as they complete. In strip mode whole events are held until
- * their terminating blank line (a client cannot act on half an event anyway), so they can be rewritten.
+ * A server-sent-events answer. Events are split on their blank lines (`\n\n`, `\r\n\r\n`, `\r\r`) as bytes, so
+ * each byte is scanned once however long an event grows, and the bytes the client gets are the upstream's own, even
+ * ones that are not UTF-8. In strip mode whole events are held until their terminating blank line (a client cannot
+ * act on half an event anyway), so they can be rewritten; only rewritten events are re-encoded.
  */
 class SseMeter implements ResponseMeter {
   private readonly decoder = new TextDecoder();
-  private pending = '';
+  /** Bytes of the event in progress. */
+  private held: Uint8Array[] = [];
+  private heldBytes = 0;
+  // The last three bytes of the event in progress when they are line breaks (oldest first), -1 for any other byte:
+  // enough to see a blank line split across chunks.
+  private b1 = -1;
+  private b2 = -1;
+  private b3 = -1;
+  /** True while passing an over-long event through unread, up to its end. */
+  private skipping = false;
   private model: string | null = null;
   private usage: TokenUsage | null = null;
   private streamError: string | null = null;
@@ -200,42 +217,92 @@ class SseMeter implements ResponseMeter {
   ) {}
 
   push(chunk: Uint8Array): Uint8Array {
-    this.pending += this.decoder.decode(chunk, { stream: true });
-    const cut = lastEventBoundary(this.pending);
-    if (cut === -1) return this.strip ? EMPTY : chunk;
-    const complete = this.pending.slice(0, cut);
-    this.pending = this.pending.slice(cut);
-    const out = this.processEvents(complete);
-    return this.strip ? encoder.encode(out) : chunk;
+    const out: Uint8Array[] = [];
+    let eventStart = 0;
+    let scanned = 0;
+    // Only CR and LF matter; indexOf jumps between them natively instead of looking at every byte.
+    let nextLf = chunk.indexOf(LF);
+    let nextCr = chunk.indexOf(CR);
+    while (nextLf !== -1 || nextCr !== -1) {
+      const at = nextLf === -1 ? nextCr : nextCr === -1 ? nextLf : Math.min(nextLf, nextCr);
+      if (at > scanned) this.b1 = this.b2 = this.b3 = -1;
+      const byte = chunk[at]!;
+      const ends =
+        (byte === LF && this.b3 === LF) || (byte === CR && this.b3 === CR) || (byte === LF && this.b3 === CR && this.b2 === LF && this.b1 === CR);
+      if (ends) {
+        this.b1 = this.b2 = this.b3 = -1;
+        this.eventEnded(chunk.subarray(eventStart, at + 1), out);
+        eventStart = at + 1;
+      } else {
+        this.b1 = this.b2;
+        this.b2 = this.b3;
+        this.b3 = byte;
+      }
+      scanned = at + 1;
+      if (at === nextLf) nextLf = chunk.indexOf(LF, at + 1);
+      else nextCr = chunk.indexOf(CR, at + 1);
+    }
+    if (scanned < chunk.byteLength) this.b1 = this.b2 = this.b3 = -1;
+    const rest = chunk.subarray(eventStart);
+    if (rest.byteLength > 0) {
+      if (this.skipping) {
+        out.push(rest);
+      } else {
+        // A copy: the rest of the event comes in later chunks, and this one's memory is the caller's.
+        this.held.push(new Uint8Array(rest));
+        this.heldBytes += rest.byteLength;
+        if (this.heldBytes > MAX_METERED_EVENT_BYTES) {
+          // Too long to be a usage chunk: send what is held unchanged and pass the rest of the event through.
+          out.push(this.takeHeld());
+          this.skipping = true;
+        }
+      }
+    }
+    if (!this.strip) return chunk;
+    return out.length === 0 ? EMPTY : out.length === 1 ? out[0]! : Buffer.concat(out);
   }
 
   end(): Uint8Array {
-    this.pending += this.decoder.decode();
-    const rest = this.pending;
-    this.pending = '';
-    if (rest === '') return EMPTY;
-    const out = this.processEvents(rest);
-    return this.strip ? encoder.encode(out) : EMPTY;
+    if (this.skipping || this.heldBytes === 0) return EMPTY;
+    const shown = this.processEvent(this.takeHeld());
+    return this.strip ? shown : EMPTY;
   }
 
   reading(): MeterReading {
     return { model: this.model, usage: this.usage, text: this.text.join(''), streamError: this.streamError };
   }
 
-  /** Reads each event in `block` and returns the block as the client should see it. */
-  private processEvents(block: string): string {
-    let out = '';
-    let start = 0;
-    while (start < block.length) {
-      const end = nextEventEnd(block, start);
-      const event = block.slice(start, end);
-      start = end;
-      out += this.processEvent(event);
+  /** An event's last bytes (through its blank line) arrived: read it and queue what the client should see. */
+  private eventEnded(tail: Uint8Array, out: Uint8Array[]): void {
+    if (this.skipping) {
+      this.skipping = false;
+      out.push(tail);
+      return;
     }
-    return out;
+    if (this.heldBytes === 0) {
+      out.push(this.processEvent(tail));
+      return;
+    }
+    this.held.push(tail);
+    this.heldBytes += tail.byteLength;
+    out.push(this.processEvent(this.takeHeld()));
   }
 
-  private processEvent(event: string): string {
+  private takeHeld(): Uint8Array {
+    const event = this.held.length === 1 ? this.held[0]! : Buffer.concat(this.held);
+    this.held = [];
+    this.heldBytes = 0;
+    return event;
+  }
+
+  /** Reads one event; returns its bytes as the client should see them: the upstream's own unless rewritten. */
+  private processEvent(bytes: Uint8Array): Uint8Array {
+    const event = this.decoder.decode(bytes);
+    const shown = this.rewrite(event);
+    return shown === event ? bytes : encoder.encode(shown);
+  }
+
+  private rewrite(event: string): string {
     const data = dataOf(event);
     if (data === null || data === '[DONE]') return event;
     let payload: Record<string, unknown> | undefined;
@@ -289,27 +356,6 @@ class SseMeter implements ResponseMeter {
     this.text.push(text);
     this.textLength += text.length;
   }
-}
-
-/** Index just past the last complete event (after a blank line), or -1. */
-function lastEventBoundary(text: string): number {
-  const lf = text.lastIndexOf('\n\n');
-  const crlf = text.lastIndexOf('\r\n\r\n');
-  const cr = text.lastIndexOf('\r\r');
-  const best = Math.max(lf === -1 ? -1 : lf + 2, crlf === -1 ? -1 : crlf + 4, cr === -1 ? -1 : cr + 2);
-  return best;
-}
-
-/** End of the event starting at `start`: just past its blank line, or the end of the text. */
-function nextEventEnd(text: string, start: number): number {
-  const candidates = [text.indexOf('\n\n', start), text.indexOf('\r\n\r\n', start), text.indexOf('\r\r', start)];
-  let best = text.length;
-  for (const [i, index] of candidates.entries()) {
-    if (index === -1) continue;
-    const end = index + (i === 1 ? 4 : 2);
-    if (end < best) best = end;
-  }
-  return best;
 }
 
 /** The data of an SSE event (multiple `data:` lines joined by newlines), or null when it has none. */

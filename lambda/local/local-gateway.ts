@@ -13,13 +13,14 @@ import type { FetchHandler } from '../core/handler';
 import { StaticKeyStore } from '../core/keys';
 import { limitRoutes } from '../core/limit-routes';
 import { createLimiter, NO_DEFAULT_LIMITS, type LimitsConfig } from '../core/limits';
-import type { Logger } from '../core/log';
+import { describeError, type Logger } from '../core/log';
 import { createMetricsApi } from '../core/metrics-api';
 import { createProxy } from '../core/proxy';
 import { userIdPolicy } from '../core/identity';
 import { lazyTokenCounter } from '../core/tokens';
 import { UsageRecorder } from '../core/usage-recorder';
 import { openDuckDb } from './duckdb';
+import { catchUpCounters } from './counter-catch-up';
 import { DuckDbCounterStore } from './duckdb-counter-store';
 import { DuckDbHistoryStore } from './duckdb-history-store';
 import { EventCompactor } from './event-compaction';
@@ -64,6 +65,11 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
   // Each DuckDB transaction costs milliseconds of CPU whatever its size, so batches wait up to a quarter second:
   // totals still show within the promised second, and the cost per request stays small under load.
   const counters = await DuckDbCounterStore.open({ db, log, flushIntervalMs: COUNTER_FLUSH_MS });
+  // Before serving: count what a crash left in the log but not in the totals (idempotent, see counter-catch-up.ts).
+  // Totals are derived data: an unreadable log file must not keep the proxy down; `npm run reconcile` repairs.
+  await catchUpCounters({ dataDir, counters, db, log }).catch((error: unknown) => {
+    log.error('counter catch-up failed; run npm run reconcile for today and yesterday', describeError(error));
+  });
   const history = await DuckDbHistoryStore.open({ dataDir, db });
   // Finished days of the event log become Parquet, which history queries read far faster than NDJSON.
   const compactor = EventCompactor.start({ dataDir, db, log });
