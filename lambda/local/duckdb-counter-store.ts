@@ -47,7 +47,8 @@ export interface DuckDbCounterStoreOptions {
   readonly db?: DuckDb;
   readonly log?: Logger;
   /**
-   * How long queued events wait for more to join their transaction.
+   * Least time between the starts of two transactions. Events queued meanwhile join the next one; an event that
+   * arrives after a quiet spell is applied at once.
    * @default 50
    */
   readonly flushIntervalMs?: number;
@@ -202,6 +203,8 @@ export class DuckDbCounterStore implements CounterStore {
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
   private lastPrune = 0;
+  /** `performance.now()` when the last transaction started; -Infinity before the first. */
+  private lastFlushAt = Number.NEGATIVE_INFINITY;
   private closed = false;
 
   private constructor(
@@ -253,7 +256,9 @@ export class DuckDbCounterStore implements CounterStore {
       this.queue.push({ rows, resolve, reject });
       this.queuedEvents += rows.length;
       if (this.queuedEvents >= this.maxBatchEvents) this.startFlush();
-      else this.timer ??= setTimeout(() => this.startFlush(), this.flushIntervalMs);
+      // A transaction costs milliseconds of CPU whatever its size: start one at most every flushIntervalMs, but
+      // at once when the last one is older than that, so a quiet gateway shows each request immediately.
+      else this.timer ??= setTimeout(() => this.startFlush(), Math.max(0, this.lastFlushAt + this.flushIntervalMs - performance.now()));
     });
   }
 
@@ -411,24 +416,26 @@ export class DuckDbCounterStore implements CounterStore {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     if (this.flushing !== null) return; // the running flush picks the queue up when it ends
+    this.lastFlushAt = performance.now();
     this.flushing = this.flushLoop().finally(() => {
       this.flushing = null;
     });
   }
 
   private async flushLoop(): Promise<void> {
-    while (this.queue.length > 0) {
-      const batch = this.queue;
-      this.queue = [];
-      this.queuedEvents = 0;
-      try {
-        await this.apply(batch.flatMap((queued) => queued.rows));
-      } catch (error) {
-        this.log.error('counter update failed', { ...describeError(error), events: batch.length });
-        for (const queued of batch) queued.reject(error);
-        continue;
-      }
+    // One batch per transaction: events queued while it runs wait for the next start (see record()).
+    const batch = this.queue;
+    this.queue = [];
+    this.queuedEvents = 0;
+    try {
+      await this.apply(batch.flatMap((queued) => queued.rows));
       for (const queued of batch) queued.resolve();
+    } catch (error) {
+      this.log.error('counter update failed', { ...describeError(error), events: batch.length });
+      for (const queued of batch) queued.reject(error);
+    }
+    if (this.queue.length > 0 && !this.closed) {
+      this.timer ??= setTimeout(() => this.startFlush(), Math.max(0, this.lastFlushAt + this.flushIntervalMs - performance.now()));
     }
     if (this.now() - this.lastPrune >= 60 * 60 * 1000) {
       await this.prune().catch((error) => this.log.warn('pruning recorded requests failed', describeError(error)));

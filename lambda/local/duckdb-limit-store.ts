@@ -175,10 +175,11 @@ export class DuckDbLimitStore implements LimitStore {
   /** Writes every changed counter to DuckDB now; rejects when DuckDB refuses the write. */
   async flush(): Promise<void> {
     if (this.flushing !== null) await this.flushing;
-    if (this.dirty.size === 0) return;
-    this.startFlush();
-    await this.flushing;
-    if (this.flushError !== null) throw this.flushError;
+    while (this.dirty.size > 0) {
+      this.startFlush();
+      await this.flushing;
+      if (this.flushError !== null) throw this.flushError;
+    }
   }
 
   /** Writes what is pending, then closes the store (and the database, when the store opened it). */
@@ -215,29 +216,33 @@ export class DuckDbLimitStore implements LimitStore {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     if (this.flushing !== null) return; // the running flush picks the rest up when it ends
-    this.flushing = this.flushLoop().finally(() => {
+    this.flushing = this.writeBehind().finally(() => {
       this.flushing = null;
+      // Counters changed while writing wait for the next interval: one write per interval whatever the load.
+      if (this.dirty.size > 0 && !this.closed && this.flushError === null) {
+        this.timer ??= setTimeout(() => this.startFlush(), this.flushIntervalMs);
+        this.timer.unref?.();
+      }
     });
   }
 
-  private async flushLoop(): Promise<void> {
+  /** Writes the counters changed so far, once. */
+  private async writeBehind(): Promise<void> {
     this.flushError = null;
-    while (this.dirty.size > 0) {
-      const keys = [...this.dirty];
-      this.dirty.clear();
-      const rows = keys.flatMap((k) => {
-        const state = this.counters.get(k);
-        return state === undefined ? [] : [{ k, u: state.used, e: state.expiresAt }];
-      });
-      try {
-        await this.session.run(UPSERT_COUNTERS, [JSON.stringify(rows)]);
-      } catch (error) {
-        this.log.error('limit counters not saved; retrying', { ...describeError(error), counters: rows.length });
-        this.flushError = error;
-        for (const key of keys) this.dirty.add(key);
-        if (!this.closed) this.timer ??= setTimeout(() => this.startFlush(), this.flushIntervalMs * 10);
-        return;
-      }
+    const keys = [...this.dirty];
+    this.dirty.clear();
+    const rows = keys.flatMap((k) => {
+      const state = this.counters.get(k);
+      return state === undefined ? [] : [{ k, u: state.used, e: state.expiresAt }];
+    });
+    try {
+      await this.session.run(UPSERT_COUNTERS, [JSON.stringify(rows)]);
+    } catch (error) {
+      this.log.error('limit counters not saved; retrying', { ...describeError(error), counters: rows.length });
+      this.flushError = error;
+      for (const key of keys) this.dirty.add(key);
+      if (!this.closed) this.timer ??= setTimeout(() => this.startFlush(), this.flushIntervalMs * 10);
+      return;
     }
     if (this.now() - this.lastPrune >= PRUNE_INTERVAL_MS) await this.prune();
   }

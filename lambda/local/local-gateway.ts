@@ -29,7 +29,12 @@ import { FileEventSink } from './file-event-sink';
 import { createUpstreamClient } from './upstream-client';
 
 /** How long recorded usage waits to join a counter transaction. */
-const COUNTER_FLUSH_MS = 250;
+const COUNTER_FLUSH_MS = 500;
+/**
+ * How often the limit store writes its in-memory windows and spending behind to DuckDB. Checks never wait for it;
+ * a crash loses at most this much of the windows' counts (the spending itself is in the event log).
+ */
+const LIMIT_FLUSH_MS = 1_000;
 
 export interface LocalGateway {
   readonly handler: FetchHandler;
@@ -62,8 +67,8 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
   await mkdir(dataDir, { recursive: true });
   const db = await openDuckDb(join(dataDir, 'gateway.duckdb'));
   const sink = new FileEventSink({ dataDir, log });
-  // Each DuckDB transaction costs milliseconds of CPU whatever its size, so batches wait up to a quarter second:
-  // totals still show within the promised second, and the cost per request stays small under load.
+  // Each DuckDB transaction costs milliseconds of CPU whatever its size, so under load at most two a second:
+  // totals still show within the promised second, and the cost per request stays small.
   const counters = await DuckDbCounterStore.open({ db, log, flushIntervalMs: COUNTER_FLUSH_MS });
   // Before serving: count what a crash left in the log but not in the totals (idempotent, see counter-catch-up.ts).
   // Totals are derived data: an unreadable log file must not keep the proxy down; `npm run reconcile` repairs.
@@ -74,7 +79,7 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
   // Finished days of the event log become Parquet, which history queries read far faster than NDJSON.
   const compactor = EventCompactor.start({ dataDir, db, log });
   const recorder = new UsageRecorder({ sink, counters, log });
-  const limits = await DuckDbLimitStore.open({ db, log });
+  const limits = await DuckDbLimitStore.open({ db, log, flushIntervalMs: LIMIT_FLUSH_MS });
   const limitsConfig = options.limits ?? NO_DEFAULT_LIMITS;
   const proxy = createProxy({
     config,
