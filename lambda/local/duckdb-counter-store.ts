@@ -221,7 +221,7 @@ export class DuckDbCounterStore implements CounterStore {
     if (!options.db && !options.path) throw new Error('DuckDbCounterStore needs a path or a db.');
     const ownedDb = options.db ? null : await openDuckDb(options.path as string);
     try {
-      const session = await (options.db ?? (ownedDb as DuckDb)).session();
+      const session = await (options.db ?? (ownedDb as DuckDb)).session({ reusePreparedStatements: true });
       const store = new DuckDbCounterStore(
         session,
         ownedDb,

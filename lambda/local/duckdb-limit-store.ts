@@ -102,7 +102,7 @@ export class DuckDbLimitStore implements LimitStore {
     const ownedDb = options.db ? null : await openDuckDb(options.path as string);
     const now = options.now ?? Date.now;
     try {
-      const session = await (options.db ?? (ownedDb as DuckDb)).session();
+      const session = await (options.db ?? (ownedDb as DuckDb)).session({ reusePreparedStatements: true });
       for (const statement of SCHEMA) await session.run(statement);
       await session.run('DELETE FROM limit_counters WHERE expires_at <= ?', [now() - COUNTER_GRACE_MS]);
       const limits = new Map<string, UserLimits>();

@@ -11,7 +11,7 @@
  * Values always travel as bound parameters; SQL text is only ever built from constants and validated identifiers.
  */
 import { resolve } from 'node:path';
-import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api';
+import { DuckDBInstance, type DuckDBConnection, type DuckDBPreparedStatement, type DuckDBValue } from '@duckdb/node-api';
 
 /** A value bound to a `?` placeholder. JS integers bind as INTEGER or BIGINT, other numbers as DOUBLE. */
 export type DuckDbParam = string | number | bigint | boolean | null;
@@ -44,7 +44,11 @@ export interface DuckDb extends DuckDbSession {
   /** Absolute file path, or `:memory:`. */
   readonly path: string;
   /** A new connection to the same database, for a store that needs its own transactions or temp views. */
-  session(): Promise<DuckDbSession>;
+  /**
+   * A separate connection. `reusePreparedStatements` keeps recent statements prepared: worth it for the stores'
+   * few repeated statements over fixed tables, wrong for sessions that replace the views their statements read.
+   */
+  session(options?: { readonly reusePreparedStatements?: boolean }): Promise<DuckDbSession>;
   /** Closes this handle's sessions; the instance closes when the last handle on it does. */
   close(): Promise<void>;
 }
@@ -99,14 +103,19 @@ function release(key: string | null, shared: SharedInstance): void {
   shared.instance.closeSync();
 }
 
+/** Prepared statements a session keeps for reuse, least recently used dropped first. */
+const PREPARED_STATEMENTS_KEPT = 64;
+
 class Session implements DuckDbSession {
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly prepared = new Map<string, DuckDBPreparedStatement>();
   private closed = false;
   private readonly direct: DuckDbStatements;
 
   constructor(
     private readonly connection: DuckDBConnection,
     private readonly onClose: () => void = () => undefined,
+    private readonly reusePrepared = false,
   ) {
     this.direct = {
       run: async (sql, params) => {
@@ -156,19 +165,41 @@ class Session implements DuckDbSession {
     if (this.closed) return;
     this.closed = true; // statements already queued still run; new ones are refused
     await this.queue;
+    for (const statement of this.prepared.values()) statement.destroySync();
+    this.prepared.clear();
     this.connection.closeSync();
     this.onClose();
   }
 
   private async execute(sql: string, params: readonly DuckDbParam[] = []): Promise<Record<string, unknown>[]> {
-    // prepare() takes exactly one statement: text after a `;` is an error, never a second statement.
-    const statement = await this.connection.prepare(sql);
+    // Preparing costs about as much as running a small statement, and the stores repeat the same few statements
+    // all day: keep the most recent ones prepared. A statement that fails is dropped, never reused.
+    let statement = this.prepared.get(sql);
+    if (statement === undefined) {
+      // prepare() takes exactly one statement: text after a `;` is an error, never a second statement.
+      statement = await this.connection.prepare(sql);
+    } else {
+      this.prepared.delete(sql); // re-inserted below as the most recently used
+    }
     try {
+      statement.clearBindings();
       if (params.length > 0) statement.bind(params as DuckDBValue[]);
       const reader = await statement.runAndReadAll();
-      return reader.getRowObjectsJS().map(toPlainRow);
-    } finally {
+      const rows = reader.getRowObjectsJS().map(toPlainRow);
+      if (!this.reusePrepared) {
+        statement.destroySync();
+        return rows;
+      }
+      this.prepared.set(sql, statement);
+      if (this.prepared.size > PREPARED_STATEMENTS_KEPT) {
+        const [oldestSql, oldest] = this.prepared.entries().next().value!;
+        this.prepared.delete(oldestSql);
+        oldest.destroySync();
+      }
+      return rows;
+    } catch (error) {
       statement.destroySync();
+      throw error;
     }
   }
 }
@@ -200,9 +231,13 @@ class Handle implements DuckDb {
     return this.main.transaction(fn);
   }
 
-  async session(): Promise<DuckDbSession> {
+  async session(options: { readonly reusePreparedStatements?: boolean } = {}): Promise<DuckDbSession> {
     if (this.closed) throw new Error('The DuckDB database is closed.');
-    const session: Session = new Session(await this.shared.instance.connect(), () => this.sessions.delete(session));
+    const session: Session = new Session(
+      await this.shared.instance.connect(),
+      () => this.sessions.delete(session),
+      options.reusePreparedStatements ?? false,
+    );
     this.sessions.add(session);
     return session;
   }

@@ -81,8 +81,8 @@ async function writeResponse(response: Response, res: ServerResponse): Promise<v
     res.end();
     return;
   }
-  // Send the status line and headers now: an SSE client should not wait for the first event to see them.
-  res.flushHeaders();
+  // An SSE client should see the status before the first event; other answers go out with their first chunk.
+  if ((response.headers.get('content-type') ?? '').includes('text/event-stream')) res.flushHeaders();
   const reader = response.body.getReader();
   const onClose = () => {
     if (!res.writableFinished) reader.cancel().catch(() => undefined);
