@@ -14,39 +14,14 @@ import { BadRequestError } from '../../lambda/core/errors';
 import type { ListUsersQuery, UserSort, UserTotals } from '../../lambda/core/ports';
 import type { UsageEvent } from '../../lambda/core/usage-event';
 import { startDynalite, type LocalDynamoDb } from '../support/dynalite';
+import { sampleEvent } from '../support/usage-events';
 
 const noWait = { sleep: async () => {} };
 let sequence = 0;
 
 function usageEvent(overrides: Partial<UsageEvent>): UsageEvent {
   sequence++;
-  return {
-    v: 1,
-    request_id: `00000000-0000-4000-8000-${String(sequence).padStart(12, '0')}`,
-    ts: '2026-11-22T10:00:00.000Z',
-    user_id: 'alice',
-    properties: {},
-    provider: 'openai',
-    model: 'gpt-4o',
-    path: '/v1/chat/completions',
-    method: 'POST',
-    status: 200,
-    stream: false,
-    latency_ms: 100,
-    ttft_ms: 50,
-    prompt_tokens: 0,
-    completion_tokens: 0,
-    cached_prompt_tokens: 0,
-    reasoning_tokens: 0,
-    total_tokens: 0,
-    cost_usd: 0,
-    cost_nano_usd: 0,
-    cost_source: 'no_usage',
-    usage_source: 'none',
-    error: null,
-    key_id: null,
-    ...overrides,
-  };
+  return sampleEvent({ request_id: `00000000-0000-4000-8000-${String(sequence).padStart(12, '0')}`, ...overrides });
 }
 
 function priced(tokens: { prompt: number; completion: number }, costNano: number): Partial<UsageEvent> {

@@ -6,52 +6,18 @@ import { join } from 'node:path';
 import { BadRequestError, NotFoundError } from '../../lambda/core/errors';
 import { usageQuerySql, type SqlDialect } from '../../lambda/core/history-sql';
 import type { UsageGroupRow, UsageQuery } from '../../lambda/core/ports';
-import { USAGE_EVENT_VERSION, type UsageEvent } from '../../lambda/core/usage-event';
+import type { UsageEvent } from '../../lambda/core/usage-event';
 import { openDuckDb } from '../../lambda/local/duckdb';
 import { DuckDbHistoryStore, eventsRelationSql } from '../../lambda/local/duckdb-history-store';
 import type { HistoryResult } from '../../lambda/core/ports';
 import { listEventFiles } from '../../lambda/local/event-files';
 import { FileEventSink } from '../../lambda/local/file-event-sink';
+import { priced, sampleEvent } from '../support/usage-events';
 
 function usageEvent(request_id: string, ts: string, overrides: Partial<UsageEvent> = {}): UsageEvent {
-  return {
-    v: USAGE_EVENT_VERSION,
-    request_id,
-    ts,
-    user_id: 'alice',
-    properties: {},
-    provider: 'openai',
-    model: 'gpt-4o',
-    path: '/v1/chat/completions',
-    method: 'POST',
-    status: 200,
-    stream: false,
-    latency_ms: 100,
-    ttft_ms: 50,
-    prompt_tokens: 0,
-    completion_tokens: 0,
-    cached_prompt_tokens: 0,
-    reasoning_tokens: 0,
-    total_tokens: 0,
-    cost_usd: 0,
-    cost_nano_usd: 0,
-    cost_source: 'no_usage',
-    usage_source: 'none',
-    error: null,
-    key_id: null,
-    ...overrides,
-  };
+  return sampleEvent({ request_id, ts, ...overrides });
 }
 
-const priced = (prompt: number, completion: number, nanos: number): Partial<UsageEvent> => ({
-  prompt_tokens: prompt,
-  completion_tokens: completion,
-  total_tokens: prompt + completion,
-  cost_nano_usd: nanos,
-  cost_usd: nanos / 1e9,
-  cost_source: 'genai-prices',
-  usage_source: 'provider',
-});
 
 /** Hand-checked: the expected rows below were worked out from these by hand. */
 const EVENTS = {

@@ -26,7 +26,7 @@ import { StaticKeyStore } from '../../lambda/core/keys';
 import { silentLogger } from '../../lambda/core/log';
 import { createMetricsApi } from '../../lambda/core/metrics-api';
 import type { HistoryStore } from '../../lambda/core/ports';
-import { USAGE_EVENT_VERSION, type UsageEvent } from '../../lambda/core/usage-event';
+import type { UsageEvent } from '../../lambda/core/usage-event';
 import { openDuckDb, type DuckDb } from '../../lambda/local/duckdb';
 import { DuckDbHistoryStore, eventsRelationSql, toUsageEvent } from '../../lambda/local/duckdb-history-store';
 import { compactEventLog } from '../../lambda/local/event-compaction';
@@ -36,49 +36,15 @@ import { RecordingCounters } from '../support/recording-stores';
 import { FakeAthena, type FakeAthenaTable } from '../support/fake-athena';
 import { FakeS3 } from '../support/fake-s3';
 import { pathTemplateOf, validateResponse } from '../support/openapi';
+import { priced, sampleEvent } from '../support/usage-events';
 
 const credentials = { accessKeyId: 'AKIAFAKEFAKEFAKEFAKE', secretAccessKey: 'fake-secret-access-key' };
 const RESULTS_BUCKET = 'athena-results';
 
 function event(request_id: string, ts: string, user_id: string | null, overrides: Partial<UsageEvent> = {}): UsageEvent {
-  return {
-    v: USAGE_EVENT_VERSION,
-    request_id,
-    ts,
-    user_id,
-    properties: {},
-    provider: 'openai',
-    model: 'gpt-4o',
-    path: '/v1/chat/completions',
-    method: 'POST',
-    status: 200,
-    stream: false,
-    latency_ms: 100,
-    ttft_ms: 50,
-    prompt_tokens: 0,
-    completion_tokens: 0,
-    cached_prompt_tokens: 0,
-    reasoning_tokens: 0,
-    total_tokens: 0,
-    cost_usd: 0,
-    cost_nano_usd: 0,
-    cost_source: 'no_usage',
-    usage_source: 'none',
-    error: null,
-    key_id: null,
-    ...overrides,
-  };
+  return sampleEvent({ request_id, ts, user_id, ...overrides });
 }
 
-const priced = (prompt: number, completion: number, nanos: number): Partial<UsageEvent> => ({
-  prompt_tokens: prompt,
-  completion_tokens: completion,
-  total_tokens: prompt + completion,
-  cost_nano_usd: nanos,
-  cost_usd: nanos / 1e9,
-  cost_source: 'genai-prices',
-  usage_source: 'provider',
-});
 
 const two = (n: number) => String(n).padStart(2, '0');
 
