@@ -159,7 +159,7 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
         match.params.userId !== undefined && deps.storedUserId !== undefined
           ? { ...match.params, userId: deps.storedUserId(match.params.userId) }
           : match.params;
-      const response = await match.route.handle({ request, url, params });
+      const response = await match.route.handle({ request, url: withStoredUserIdFilter(url, deps.storedUserId), params });
       return response.status === 202 ? await withPathPrefix(response, request.headers.get(PATH_PREFIX_HEADER)) : response;
     } catch (error) {
       if (!(error instanceof GatewayError) || error.statusCode >= 500) {
@@ -177,6 +177,20 @@ async function withPathPrefix(response: Response, prefix: string | null): Promis
   const body = (await response.json()) as { result_url?: unknown };
   if (typeof body.result_url === 'string' && body.result_url.startsWith('/')) body.result_url = prefix + body.result_url;
   return new Response(JSON.stringify(body), { status: response.status, headers: response.headers });
+}
+
+/**
+ * The `user_id` filter (`/metrics/usage`, `/metrics/export`) in the stored form, as path ids are: with pseudonymised
+ * ids, a raw id given there would otherwise match nothing, silently.
+ */
+function withStoredUserIdFilter(url: URL, storedUserId: ((userId: string) => string) | undefined): URL {
+  if (storedUserId === undefined || !url.searchParams.has('user_id')) return url;
+  const mapped = new URL(url);
+  mapped.searchParams.delete('user_id');
+  for (const value of url.searchParams.getAll('user_id')) {
+    mapped.searchParams.append('user_id', value === '' ? value : storedUserId(value));
+  }
+  return mapped;
 }
 
 /** A route of the metrics API, relative to `/metrics`. Feature modules contribute their own (`deps.routes`). */

@@ -188,21 +188,20 @@ const LF = 0x0a;
 const CR = 0x0d;
 
 /**
- * A server-sent-events answer. Events are split on their blank lines (`\n\n`, `\r\n\r\n`, `\r\r`) as bytes, so
- * each byte is scanned once however long an event grows, and the bytes the client gets are the upstream's own, even
- * ones that are not UTF-8. In strip mode whole events are held until their terminating blank line (a client cannot
- * act on half an event anyway), so they can be rewritten; only rewritten events are re-encoded.
+ * A server-sent-events answer. Events end at an empty line, whatever mix of CR, LF and CRLF the lines end with, and
+ * are split as bytes: each byte is scanned once however long an event grows, and the bytes the client gets are the
+ * upstream's own, even ones that are not UTF-8. In strip mode whole events are held until their terminating blank
+ * line (a client cannot act on half an event anyway), so they can be rewritten; only rewritten events are re-encoded.
  */
 class SseMeter implements ResponseMeter {
   private readonly decoder = new TextDecoder();
   /** Bytes of the event in progress. */
   private held: Uint8Array[] = [];
   private heldBytes = 0;
-  // The last three bytes of the event in progress when they are line breaks (oldest first), -1 for any other byte:
-  // enough to see a blank line split across chunks.
-  private b1 = -1;
-  private b2 = -1;
-  private b3 = -1;
+  /** True once the line in progress has a byte that is not a line break. */
+  private lineHasContent = false;
+  /** True right after a CR: an LF now belongs to the same CRLF line break. */
+  private afterCr = false;
   /** True while passing an over-long event through unread, up to its end. */
   private skipping = false;
   private model: string | null = null;
@@ -224,25 +223,36 @@ class SseMeter implements ResponseMeter {
     let nextLf = chunk.indexOf(LF);
     let nextCr = chunk.indexOf(CR);
     while (nextLf !== -1 || nextCr !== -1) {
-      const at = nextLf === -1 ? nextCr : nextCr === -1 ? nextLf : Math.min(nextLf, nextCr);
-      if (at > scanned) this.b1 = this.b2 = this.b3 = -1;
+      let at = nextLf === -1 ? nextCr : nextCr === -1 ? nextLf : Math.min(nextLf, nextCr);
+      if (at > scanned) {
+        this.lineHasContent = true;
+        this.afterCr = false;
+      }
       const byte = chunk[at]!;
-      const ends =
-        (byte === LF && this.b3 === LF) || (byte === CR && this.b3 === CR) || (byte === LF && this.b3 === CR && this.b2 === LF && this.b1 === CR);
-      if (ends) {
-        this.b1 = this.b2 = this.b3 = -1;
-        this.eventEnded(chunk.subarray(eventStart, at + 1), out);
-        eventStart = at + 1;
+      if (byte === LF && this.afterCr) {
+        this.afterCr = false; // the second half of a CRLF
       } else {
-        this.b1 = this.b2;
-        this.b2 = this.b3;
-        this.b3 = byte;
+        // A line break (CR, LF or CRLF) that ends an empty line ends the event.
+        const blank = !this.lineHasContent;
+        this.lineHasContent = false;
+        this.afterCr = byte === CR;
+        if (blank) {
+          if (byte === CR && chunk[at + 1] === LF) {
+            at++;
+            this.afterCr = false;
+          }
+          this.eventEnded(chunk.subarray(eventStart, at + 1), out);
+          eventStart = at + 1;
+        }
       }
       scanned = at + 1;
-      if (at === nextLf) nextLf = chunk.indexOf(LF, at + 1);
-      else nextCr = chunk.indexOf(CR, at + 1);
+      if (nextLf !== -1 && nextLf < scanned) nextLf = chunk.indexOf(LF, scanned);
+      if (nextCr !== -1 && nextCr < scanned) nextCr = chunk.indexOf(CR, scanned);
     }
-    if (scanned < chunk.byteLength) this.b1 = this.b2 = this.b3 = -1;
+    if (scanned < chunk.byteLength) {
+      this.lineHasContent = true;
+      this.afterCr = false;
+    }
     const rest = chunk.subarray(eventStart);
     if (rest.byteLength > 0) {
       if (this.skipping) {

@@ -107,9 +107,12 @@ async function writeResponse(response: Response, res: ServerResponse): Promise<v
     }
     res.end();
   } catch {
-    // The body failed mid-way (upstream broke). Headers are gone already: cut the connection so the client
-    // sees an incomplete answer rather than a clean end.
-    res.destroy();
+    // The body failed mid-way (upstream broke): cut the connection so the client sees an incomplete answer rather
+    // than a clean end. The status line and headers (Helicone-Id) go first even when no byte of the body came, and
+    // the socket closes only once they have left.
+    res.flushHeaders();
+    if (res.socket !== null) res.socket.destroySoon();
+    else res.destroy();
   } finally {
     res.off('close', onClose);
   }
@@ -141,11 +144,22 @@ export async function serve(
     },
   };
 
+  // Requests each connection still owes an answer to: a malformed request pipelined behind whole ones is answered
+  // after them.
+  const owed = new WeakMap<Duplex, Set<IncomingMessage>>();
+  const whenAnswered = new WeakMap<Duplex, () => void>();
+
   // requireHostHeader off: a request without Host gets the gateway's JSON answers, not node's empty 400.
   const server = createServer({ noDelay: true, keepAliveTimeout: 65_000, requestTimeout: 0, requireHostHeader: false }, (req, res) => {
     const abort = new AbortController();
+    const socket = req.socket;
+    const open = owed.get(socket) ?? new Set<IncomingMessage>();
+    owed.set(socket, open);
+    open.add(req);
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
+      open.delete(req);
+      whenAnswered.get(socket)?.();
     });
     req.on('error', () => abort.abort());
     void (async () => {
@@ -173,12 +187,25 @@ export async function serve(
       return;
     }
     const tooLarge = (error as { code?: string }).code === 'HPE_HEADER_OVERFLOW';
-    socket.end(
-      rawJsonError(
-        tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request',
-        tooLarge ? new BadRequestError('headers_too_large', `The request line and headers exceed ${maxHeaderSize} bytes.`) : new BadRequestError('bad_http', 'Malformed HTTP request.'),
-      ),
+    const answer = rawJsonError(
+      tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request',
+      tooLarge
+        ? new BadRequestError('headers_too_large', `The request line and headers exceed ${maxHeaderSize} bytes.`)
+        : new BadRequestError('bad_http', 'Malformed HTTP request.'),
     );
+    // Written now, the answer would overtake those of the whole requests before it, and the client would read it as
+    // the answer to its first request. (A request cut by this very error is never whole: it is not waited for.)
+    const before = [...(owed.get(socket) ?? [])].filter((req) => req.complete);
+    if (before.length === 0) {
+      socket.end(answer);
+      return;
+    }
+    whenAnswered.set(socket, () => {
+      if (before.some((req) => owed.get(socket)?.has(req))) return;
+      whenAnswered.delete(socket);
+      if (socket.writable) socket.end(answer);
+      else socket.destroy();
+    });
   });
   // A CONNECT tunnel or an unmet Expect never reaches the request handler either; node would drop the socket or
   // answer with an empty body.
