@@ -23,7 +23,13 @@ async function main(): Promise<void> {
   }
   const log = createLogger(config.logLevel);
   const gateway = await openLocalGateway({ config, log, limits });
-  const server = await serve(gateway.handler, { port: config.port, host: config.host, log });
+  const server = await serve(gateway.handler, {
+    port: config.port,
+    host: config.host,
+    log,
+    bodyTimeoutMs: config.bodyTimeoutMs,
+    bodyIdleTimeoutMs: config.bodyIdleTimeoutMs,
+  });
   const shownHost = config.host === '0.0.0.0' ? 'localhost' : config.host;
   const base = server.url.replace(/\/\/[^/]+:/, `//${shownHost}:`);
   const lines = [

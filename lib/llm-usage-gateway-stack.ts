@@ -163,6 +163,10 @@ export class LlmUsageGatewayStack extends Stack {
       value: this.adminKeySecret.secretName,
     });
     new CfnOutput(this, 'LogBucketName', { description: 'Usage event log bucket', value: this.usageLog.bucket.bucketName });
+    new CfnOutput(this, 'EventsStreamName', {
+      description: 'Firehose stream of usage events (npm run replay:recovery sends parked events back to it)',
+      value: this.usageLog.deliveryStream.deliveryStreamName,
+    });
     new CfnOutput(this, 'CountersTableName', {
       description: 'Live counters and gateway keys table',
       value: this.counters.table.tableName,

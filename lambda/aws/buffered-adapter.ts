@@ -9,8 +9,8 @@
 import type { APIGatewayProxyEvent, APIGatewayProxyResult } from 'aws-lambda';
 import { errorResponse } from '../core/errors';
 import { collectingContext, type FetchHandler } from '../core/handler';
-import { createLogger, describeError, type Logger } from '../core/log';
-import { apiGatewayResponseHeaders, requestFromApiGatewayEvent } from './api-gateway-request';
+import { createLogger, type Logger } from '../core/log';
+import { apiGatewayResponseHeaders, logHandlerFailure, requestFromApiGatewayEvent } from './api-gateway-request';
 
 export interface BufferedHandlerOptions {
   /** Where adapter-level faults are logged (never bodies or headers). @default JSON lines on stdout */
@@ -34,7 +34,7 @@ export function bufferedHandler(
     try {
       result = await proxyResultFrom(await fetchHandler(requestFromApiGatewayEvent(event), context));
     } catch (error) {
-      log.error('handler_failed', { method: event.httpMethod, error: describeError(error) });
+      logHandlerFailure(log, event, error);
       result = await proxyResultFrom(errorResponse(error));
     }
     await context.settled();

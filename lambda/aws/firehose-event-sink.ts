@@ -19,17 +19,13 @@ export const FIREHOSE_MAX_RECORD_BYTES = 1_000 * 1024;
 
 const MAX_DELAY_MS = 2_000;
 
-export interface FirehoseEventSinkOptions {
+/** How events are sent to the stream; shared by the sink and by the replay of parked events. */
+export interface FirehoseDeliveryOptions {
   /** Client for the stream; build it with {@link createFirehoseClient} so the SDK does not retry on its own. */
   readonly firehose: FirehoseClient;
   readonly streamName: string;
-  /** Client for the recovery bucket. */
-  readonly s3: S3Client;
-  readonly recoveryBucket: string;
-  /** Key prefix of recovery objects. @default 'recovery/' */
-  readonly recoveryPrefix?: string;
   readonly log: Logger;
-  /** Calls to Firehose for a record before it goes to the recovery bucket. @default 4 */
+  /** Calls to Firehose for a record before it counts as undelivered. @default 4 */
   readonly maxAttempts?: number;
   /** Base of the exponential backoff between attempts (full jitter, capped at 2 s). @default 100 */
   readonly baseDelayMs?: number;
@@ -37,6 +33,22 @@ export interface FirehoseEventSinkOptions {
   readonly sleep?: (ms: number) => Promise<void>;
   /** Source of jitter in [0, 1). @default Math.random */
   readonly random?: () => number;
+}
+
+export interface FirehoseEventSinkOptions extends FirehoseDeliveryOptions {
+  /** Client for the recovery bucket. */
+  readonly s3: S3Client;
+  readonly recoveryBucket: string;
+  /** Key prefix of recovery objects. @default 'recovery/' */
+  readonly recoveryPrefix?: string;
+}
+
+/** What one {@link FirehoseDelivery.deliver} left over. */
+export interface FirehoseDeliveryResult {
+  /** The events Firehose did not accept within the attempts (the same objects that were passed in). */
+  readonly undelivered: readonly UsageEvent[];
+  /** Why the last of them failed; undefined when everything was delivered. */
+  readonly lastError: unknown;
 }
 
 /** Raised when events could be written neither to Firehose nor to the recovery bucket (each was logged). */
@@ -64,7 +76,8 @@ interface PendingRecord {
 }
 
 /**
- * An {@link EventSink} on a Firehose stream.
+ * Sends usage events to a Firehose stream, and only there: nothing here writes anywhere else, so a caller that must
+ * not fall back (the replay of parked events) can use it without risking a loop back into the recovery bucket.
  *
  * Each event is one JSON line: Firehose concatenates the records it buffers into one S3 object, and the newline is
  * what keeps them splittable for the JSON→Parquet conversion. Calls always use PutRecordBatch, even for one event,
@@ -72,31 +85,24 @@ interface PendingRecord {
  *
  * Only the records Firehose rejected are sent again, with exponential backoff and full jitter; whole-call failures
  * (unavailable, throttled, network) are retried the same way. What is still undelivered after `maxAttempts` is
- * written to the recovery bucket as NDJSON under `<prefix>dt=YYYY-MM-DD/`; if that fails too, each event is logged
- * whole as `usage_event_undelivered` (events hold no secrets) and `write` rejects with {@link EventDeliveryError}.
+ * handed back, as is a record over Firehose's per-record limit (it would make Firehose reject its whole batch).
  *
  * @example
- * const sink = new FirehoseEventSink({ firehose: createFirehoseClient(), streamName, s3, recoveryBucket, log });
- * await sink.write([event]);
+ * const delivery = new FirehoseDelivery({ firehose: createFirehoseClient(), streamName, log });
+ * const { undelivered } = await delivery.deliver(events);
  */
-export class FirehoseEventSink implements EventSink {
+export class FirehoseDelivery {
   private readonly firehose: FirehoseClient;
   private readonly streamName: string;
-  private readonly s3: S3Client;
-  private readonly recoveryBucket: string;
-  private readonly recoveryPrefix: string;
   private readonly log: Logger;
   private readonly maxAttempts: number;
   private readonly baseDelayMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly random: () => number;
 
-  constructor(options: FirehoseEventSinkOptions) {
+  constructor(options: FirehoseDeliveryOptions) {
     this.firehose = options.firehose;
     this.streamName = options.streamName;
-    this.s3 = options.s3;
-    this.recoveryBucket = options.recoveryBucket;
-    this.recoveryPrefix = options.recoveryPrefix ?? 'recovery/';
     this.log = options.log;
     this.maxAttempts = Math.max(1, Math.floor(options.maxAttempts ?? 4));
     this.baseDelayMs = Math.max(0, options.baseDelayMs ?? 100);
@@ -104,12 +110,13 @@ export class FirehoseEventSink implements EventSink {
     this.random = options.random ?? Math.random;
   }
 
-  async write(events: readonly UsageEvent[]): Promise<void> {
-    if (events.length === 0) return;
+  /** Delivers `events` in batches, resolving to what Firehose did not take; it never rejects for a Firehose fault. */
+  async deliver(events: readonly UsageEvent[]): Promise<FirehoseDeliveryResult> {
+    if (events.length === 0) return { undelivered: [], lastError: undefined };
     const encoder = new TextEncoder();
     const records = events.map((event) => ({ event, data: encoder.encode(JSON.stringify(event) + '\n') }));
 
-    // A record over the per-record limit would make Firehose reject its whole batch; it goes to recovery directly.
+    // A record over the per-record limit would make Firehose reject its whole batch; it is handed back unsent.
     const oversized = records.filter((r) => r.data.byteLength > FIREHOSE_MAX_RECORD_BYTES);
     const undelivered: PendingRecord[] = [...oversized];
     let lastError: unknown = oversized.length > 0 ? new Error('record larger than Firehose accepts') : undefined;
@@ -119,7 +126,7 @@ export class FirehoseEventSink implements EventSink {
       undelivered.push(...result.undelivered);
       if (result.undelivered.length > 0) lastError = result.lastError;
     }
-    if (undelivered.length > 0) await this.recover(undelivered, lastError);
+    return { undelivered: undelivered.map((r) => r.event), lastError };
   }
 
   /** Sends one batch, resending only what failed, until all is accepted or attempts run out. */
@@ -186,11 +193,46 @@ export class FirehoseEventSink implements EventSink {
     const ceiling = Math.min(MAX_DELAY_MS, this.baseDelayMs * 2 ** (attempt - 1));
     return Math.floor(this.random() * ceiling);
   }
+}
+
+/**
+ * An {@link EventSink} on a Firehose stream, sending through {@link FirehoseDelivery}.
+ *
+ * What is still undelivered after `maxAttempts` (or larger than a Firehose record) is written to the recovery bucket
+ * as NDJSON under `<prefix>dt=YYYY-MM-DD/`; if that fails too, each event is logged whole as
+ * `usage_event_undelivered` (events hold no secrets) and `write` rejects with {@link EventDeliveryError}. Both are
+ * replayed into the stream by `npm run replay:recovery` (`lambda/aws/recovery-replay.ts`).
+ *
+ * @example
+ * const sink = new FirehoseEventSink({ firehose: createFirehoseClient(), streamName, s3, recoveryBucket, log });
+ * await sink.write([event]);
+ */
+export class FirehoseEventSink implements EventSink {
+  private readonly delivery: FirehoseDelivery;
+  private readonly streamName: string;
+  private readonly s3: S3Client;
+  private readonly recoveryBucket: string;
+  private readonly recoveryPrefix: string;
+  private readonly log: Logger;
+
+  constructor(options: FirehoseEventSinkOptions) {
+    this.delivery = new FirehoseDelivery(options);
+    this.streamName = options.streamName;
+    this.s3 = options.s3;
+    this.recoveryBucket = options.recoveryBucket;
+    this.recoveryPrefix = options.recoveryPrefix ?? 'recovery/';
+    this.log = options.log;
+  }
+
+  async write(events: readonly UsageEvent[]): Promise<void> {
+    const { undelivered, lastError } = await this.delivery.deliver(events);
+    if (undelivered.length > 0) await this.recover(undelivered, lastError);
+  }
 
   /** Writes undelivered events to the recovery bucket, one object per event day; logs what even that misses. */
-  private async recover(records: readonly PendingRecord[], firehoseError: unknown): Promise<void> {
+  private async recover(undelivered: readonly UsageEvent[], firehoseError: unknown): Promise<void> {
     const byDay = new Map<string, UsageEvent[]>();
-    for (const { event } of records) {
+    for (const event of undelivered) {
       const day = eventDate(event);
       byDay.set(day, [...(byDay.get(day) ?? []), event]);
     }

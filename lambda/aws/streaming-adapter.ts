@@ -11,7 +11,7 @@ import type { APIGatewayProxyEvent } from 'aws-lambda';
 import { errorResponse } from '../core/errors';
 import { collectingContext, type FetchHandler } from '../core/handler';
 import { createLogger, describeError, type Logger } from '../core/log';
-import { apiGatewayResponseHeaders, requestFromApiGatewayEvent } from './api-gateway-request';
+import { apiGatewayResponseHeaders, logHandlerFailure, requestFromApiGatewayEvent } from './api-gateway-request';
 import type { AwsLambdaRuntime, HttpResponsePrelude, ResponseStream, StreamingHandler } from './awslambda';
 
 export interface StreamingHandlerOptions {
@@ -30,7 +30,8 @@ export interface StreamingHandlerOptions {
  *
  * If the response stream closes early (client gone), the body reader is cancelled so the core sees the
  * cancellation, the request's signal is aborted, and the `waitUntil` work is still awaited.
- * A throw before the prelude becomes the JSON error response; nothing is thrown once the prelude is out.
+ * A throw before the prelude becomes the JSON error response. Once the prelude is out, the only failure the
+ * handler reports is a body that broke off mid-way ({@link BrokenBody}), so the client's answer is cut, not ended.
  */
 export function streamingHandler(
   fetchHandler: FetchHandler,
@@ -47,18 +48,32 @@ export function streamingHandler(
     try {
       response = await fetchHandler(requestFromApiGatewayEvent(event, { signal: abort.signal }), context);
     } catch (error) {
-      log.error('handler_failed', { method: event.httpMethod, error: describeError(error) });
+      logHandlerFailure(log, event, error);
       response = errorResponse(error);
     }
 
+    let broken: BrokenBody | undefined;
     try {
-      await sendResponse(response, responseStream, closed, log);
+      broken = await sendResponse(response, responseStream, closed, log);
     } catch (error) {
       log.error('response_stream_failed', { error: describeError(error) });
       if (!responseStream.writableEnded && !responseStream.destroyed) responseStream.end();
     }
     await context.settled();
+    // The answer broke off after its status went out (the upstream reset mid-stream). Ending the stream normally
+    // would hand the client a cut answer that looks complete; failing the invocation makes the runtime close the
+    // response with error trailers, so API Gateway cuts the client's connection as the upstream cut ours. The
+    // usage writes above are done by now, and the event records the failure (`upstream_reset`).
+    if (broken !== undefined) throw broken;
   };
+}
+
+/** Raised from the handler, after its usage writes, when the response body failed after the prelude was sent. */
+export class BrokenBody extends Error {
+  constructor(cause: unknown) {
+    super('The response body failed after the status was sent; the answer was cut off.', { cause });
+    this.name = 'BrokenBody';
+  }
 }
 
 /** The prelude for a `Response`: status, single-value headers, and `Set-Cookie` as a multi-value header. */
@@ -98,12 +113,13 @@ function runtime(): AwsLambdaRuntime {
   return global;
 }
 
+/** Sends the prelude and the body; resolves with the body's failure when it broke off after the prelude. */
 async function sendResponse(
   response: Response,
   responseStream: ResponseStream,
   closed: EarlyClose,
   log: Logger,
-): Promise<void> {
+): Promise<BrokenBody | undefined> {
   const stream = runtime().HttpResponseStream.from(responseStream, preludeFor(response));
   const reader = response.body?.getReader();
   const cancelBody = (reason: unknown = new Error('The client closed the response stream.')) =>
@@ -122,22 +138,24 @@ async function sendResponse(
         if (done) break;
         if (closed.happened()) {
           await cancelBody();
-          return;
+          return undefined;
         }
         if (!stream.write(bytesOf(value)) && !closed.happened()) await drained(stream);
       }
     } catch (error) {
-      // The prelude is out, so the status cannot change any more; the core meters its own failures. End cleanly
-      // rather than throw: a throw here would make the runtime report the invocation as failed.
-      if (closed.happened()) return;
+      // The prelude is out, so the status cannot change any more; the core meters its own failures. The stream is
+      // left unended: the handler fails the invocation once the usage writes are done (see streamingHandler).
+      if (closed.happened()) return undefined;
       log.warn('response_body_failed', { error: describeError(error) });
       await cancelBody(error);
+      return new BrokenBody(error);
     } finally {
       reader.releaseLock();
     }
   }
-  if (closed.happened()) return;
+  if (closed.happened()) return undefined;
   await finished(stream, closed);
+  return undefined;
 }
 
 /**

@@ -39,6 +39,10 @@ export interface LocalConfig extends ProxyConfig {
   readonly gatewayKeys: readonly string[];
   readonly metricsKeys: readonly string[];
   readonly logLevel: LogLevel;
+  /** Longest a request body may take to arrive, from the end of its headers (`BODY_TIMEOUT_MS`); then a 408. */
+  readonly bodyTimeoutMs: number;
+  /** Longest a request body may pause between two chunks (`BODY_IDLE_TIMEOUT_MS`); then a 408. */
+  readonly bodyIdleTimeoutMs: number;
 }
 
 export function stringVar(env: Env, name: string, fallback: string): string {
@@ -95,6 +99,10 @@ function logLevelVar(env: Env, name: string): LogLevel {
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024;
+/** Two minutes: a full 10 MiB body still arrives over a link of about 90 KB/s. */
+export const DEFAULT_BODY_TIMEOUT_MS = 120_000;
+/** A client that sends nothing for this long mid-body has stalled (or is holding the connection on purpose). */
+export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 30_000;
 
 /** Reads the proxy settings shared by every runtime. */
 export function proxyConfigFromEnv(env: Env): ProxyConfig {
@@ -124,6 +132,11 @@ export function localConfigFromEnv(env: Env): LocalConfig {
   if (gatewayKeys.length === 0 && !isLoopback(host)) {
     throw new ConfigError('HOST', `binding to ${host} needs GATEWAY_KEYS, or anyone on the network could use the gateway`);
   }
+  const bodyTimeoutMs = intVar(env, 'BODY_TIMEOUT_MS', DEFAULT_BODY_TIMEOUT_MS, 1_000, 3_600_000);
+  const bodyIdleTimeoutMs = intVar(env, 'BODY_IDLE_TIMEOUT_MS', Math.min(DEFAULT_BODY_IDLE_TIMEOUT_MS, bodyTimeoutMs), 1_000, 3_600_000);
+  if (bodyIdleTimeoutMs > bodyTimeoutMs) {
+    throw new ConfigError('BODY_IDLE_TIMEOUT_MS', `must not be longer than BODY_TIMEOUT_MS (${bodyTimeoutMs}), got ${bodyIdleTimeoutMs}`);
+  }
   return {
     ...proxyConfigFromEnv(env),
     port: intVar(env, 'PORT', 8787, 0, 65535),
@@ -132,6 +145,8 @@ export function localConfigFromEnv(env: Env): LocalConfig {
     gatewayKeys,
     metricsKeys: keyListVar(env, 'METRICS_KEYS'),
     logLevel: logLevelVar(env, 'LOG_LEVEL'),
+    bodyTimeoutMs,
+    bodyIdleTimeoutMs,
   };
 }
 

@@ -60,6 +60,15 @@ export class MethodNotAllowedError extends GatewayError {
   readonly type = 'invalid_request_error';
 }
 
+/**
+ * 408: the client did not finish sending its request in time (a stalled or trickling body, headers that never end).
+ * The connection is closed after the answer: what was left of the request is unknown.
+ */
+export class RequestTimeoutError extends GatewayError {
+  readonly statusCode = 408;
+  readonly type = 'invalid_request_error';
+}
+
 export class PayloadTooLargeError extends GatewayError {
   readonly statusCode = 413;
   readonly type = 'invalid_request_error';

@@ -33,7 +33,10 @@ export function createLogger(
   const min = RANK[level];
   const emit = (lvl: LogLevel, message: string, fields?: Readonly<Record<string, unknown>>) => {
     if (RANK[lvl] < min) return;
-    write(JSON.stringify({ level: lvl, time: new Date().toISOString(), message, ...fields }));
+    // A field never overwrites the line's own level, time or message.
+    const line: Record<string, unknown> = { level: lvl, time: new Date().toISOString(), message };
+    for (const [name, value] of Object.entries(fields ?? {})) if (!Object.hasOwn(line, name)) line[name] = value;
+    write(JSON.stringify(line));
   };
   return {
     debug: (m, f) => emit('debug', m, f),

@@ -6,6 +6,7 @@
 import { BadRequestError, GatewayError, MethodNotAllowedError, NotFoundError, UnauthorizedError, errorResponse } from './errors';
 import { PATH_PREFIX_HEADER, type FetchHandler } from './handler';
 import { bearerToken } from './keys';
+import { MAX_USER_ID_LENGTH } from './identity';
 import { describeError, type Logger } from './log';
 import type { CounterStore, KeyStore, ModelTotals, Period, UsageTotals, UserSort, UserTotals } from './ports';
 import { QueryParams, dayOf } from './query-params';
@@ -155,6 +156,15 @@ export function createMetricsApi(deps: MetricsDeps): FetchHandler {
         });
       }
       await authorize(request);
+      const pathUserId = match.params.userId;
+      // No request can have stored a longer id, and the stores' keys have their own size limits.
+      if (pathUserId !== undefined && pathUserId.length > MAX_USER_ID_LENGTH) {
+        throw new BadRequestError(
+          'invalid_user_id',
+          `The user id in the path is ${pathUserId.length} characters long; the limit is ${MAX_USER_ID_LENGTH}.`,
+          { param: 'userId' },
+        );
+      }
       const params =
         match.params.userId !== undefined && deps.storedUserId !== undefined
           ? { ...match.params, userId: deps.storedUserId(match.params.userId) }

@@ -154,6 +154,8 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
     try {
       read = await reader.read();
     } catch (error) {
+      // The runtime adapter ended the body with its own answer (a body that took too long): keep it.
+      if (error instanceof GatewayError) throw error;
       // The client's body broke off (a connection closed before its Content-Length, bad chunked framing): the
       // client's fault, and nothing was sent upstream.
       throw new BadRequestError('incomplete_body', 'The request body ended before it was complete.', { param: 'body', cause: error });

@@ -431,14 +431,14 @@ export class DuckDbCounterStore implements CounterStore {
       await this.apply(batch.flatMap((queued) => queued.rows));
       for (const queued of batch) queued.resolve();
     } catch (error) {
-      this.log.error('counter update failed', { ...describeError(error), events: batch.length });
+      this.log.error('counter update failed', { error: describeError(error), events: batch.length });
       for (const queued of batch) queued.reject(error);
     }
     if (this.queue.length > 0 && !this.closed) {
       this.timer ??= setTimeout(() => this.startFlush(), Math.max(0, this.lastFlushAt + this.flushIntervalMs - performance.now()));
     }
     if (this.now() - this.lastPrune >= 60 * 60 * 1000) {
-      await this.prune().catch((error) => this.log.warn('pruning recorded requests failed', describeError(error)));
+      await this.prune().catch((error) => this.log.warn('pruning recorded requests failed', { error: describeError(error) }));
     }
   }
 

@@ -186,7 +186,7 @@ export class DuckDbLimitStore implements LimitStore {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.flush().catch((error) =>
-      this.log.error('limit counters not saved on close', { ...describeError(error), counters: this.dirty.size }),
+      this.log.error('limit counters not saved on close', { error: describeError(error), counters: this.dirty.size }),
     );
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
@@ -238,7 +238,7 @@ export class DuckDbLimitStore implements LimitStore {
     try {
       await this.session.run(UPSERT_COUNTERS, [JSON.stringify(rows)]);
     } catch (error) {
-      this.log.error('limit counters not saved; retrying', { ...describeError(error), counters: rows.length });
+      this.log.error('limit counters not saved; retrying', { error: describeError(error), counters: rows.length });
       this.flushError = error;
       for (const key of keys) this.dirty.add(key);
       if (!this.closed) this.timer ??= setTimeout(() => this.startFlush(), this.flushIntervalMs * 10);
@@ -255,6 +255,6 @@ export class DuckDbLimitStore implements LimitStore {
     }
     await this.session
       .run('DELETE FROM limit_counters WHERE expires_at <= ?', [cutoff])
-      .catch((error) => this.log.warn('pruning limit counters failed', describeError(error)));
+      .catch((error) => this.log.warn('pruning limit counters failed', { error: describeError(error) }));
   }
 }

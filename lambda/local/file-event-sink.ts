@@ -167,7 +167,7 @@ export class FileEventSink implements EventSink {
       for (const segment of touched) if (segment.dirty) await this.sync(segment);
     } catch (error) {
       // The segment may now end in a partial line: never append after it, or the next line would be glued to it.
-      this.log.error('event log write failed', { ...describeError(error), events: count });
+      this.log.error('event log write failed', { error: describeError(error), events: count });
       await Promise.all(touched.map((segment) => this.closeSegment(segment, { sync: false })));
       for (const write of batch) write.reject(error);
       return;
@@ -237,7 +237,7 @@ export class FileEventSink implements EventSink {
     } finally {
       segment.closed = true;
       await segment.file.close().catch((error: unknown) => {
-        this.log.warn('event segment close failed', { ...describeError(error), path: segment.path });
+        this.log.warn('event segment close failed', { error: describeError(error), path: segment.path });
       });
     }
   }

@@ -2,14 +2,37 @@
  * Serves a fetch-style handler over node:http. Translation only: sockets to `Request`, `Response` back to the
  * socket chunk by chunk as the handler produces it, and client disconnects to request aborts and body
  * cancellation. Work registered with `waitUntil` is tracked so shutdown can wait for it.
+ *
+ * A client cannot hold a connection by sending slowly: the request line and headers must arrive within
+ * `headersTimeoutMs`, and the body within `bodyTimeoutMs` without pausing longer than `bodyIdleTimeoutMs`;
+ * otherwise the answer is a JSON 408 and the connection is closed.
  */
 import { createServer, maxHeaderSize, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { Readable } from 'node:stream';
-import { BadRequestError, GatewayError, MethodNotAllowedError, errorResponse } from '../core/errors';
+import { DEFAULT_BODY_IDLE_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS } from '../core/config';
+import { BadRequestError, GatewayError, MethodNotAllowedError, RequestTimeoutError, errorResponse } from '../core/errors';
 import type { ExecutionContext, FetchHandler } from '../core/handler';
 import { describeError, type Logger } from '../core/log';
+
+export interface ServeOptions {
+  readonly port: number;
+  readonly host: string;
+  readonly log: Logger;
+  /** Longest a request body may take to arrive, counted from the end of its headers. @default DEFAULT_BODY_TIMEOUT_MS */
+  readonly bodyTimeoutMs?: number;
+  /** Longest the body may pause between two chunks. @default DEFAULT_BODY_IDLE_TIMEOUT_MS (at most bodyTimeoutMs) */
+  readonly bodyIdleTimeoutMs?: number;
+  /**
+   * Longest the request line and headers may take, from the request's first byte (a new connection: from its
+   * opening). node checks a few times per period, so a slow client is cut within about 1.25 times this.
+   * @default DEFAULT_HEADERS_TIMEOUT_MS
+   */
+  readonly headersTimeoutMs?: number;
+}
+
+/** Headers are a few kilobytes: a client that needs longer than this for them is stalled or slow on purpose. */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
 
 export interface NodeServer {
   readonly server: Server;
@@ -44,7 +67,12 @@ function urlOf(req: IncomingMessage): URL {
   throw new BadRequestError('invalid_request_target', 'The request target is not a valid path.', { param: 'path' });
 }
 
-function requestFrom(req: IncomingMessage, signal: AbortSignal): Request {
+/** Whether a `Request` can carry a body for this method; the bytes of one that cannot are read and dropped. */
+function carriesBody(method: string | undefined): boolean {
+  return method !== 'GET' && method !== 'HEAD';
+}
+
+function requestFrom(req: IncomingMessage, signal: AbortSignal, body: ReadableStream<Uint8Array> | undefined): Request {
   if (UNREPRESENTABLE_METHODS.has(req.method ?? '')) {
     throw new MethodNotAllowedError('method_not_allowed', `${req.method} is not supported.`, { param: 'method' });
   }
@@ -58,15 +86,151 @@ function requestFrom(req: IncomingMessage, signal: AbortSignal): Request {
       // node:http has validated the header already; Headers is stricter about a few bytes. Skip, don't crash.
     }
   }
-  const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
   return new Request(url, {
     method: req.method,
     headers,
-    body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : undefined,
+    body,
     signal,
     // Required by Node's fetch for a streamed request body.
     duplex: 'half',
   } as RequestInit);
+}
+
+interface BodyDeadlines {
+  readonly totalMs: number;
+  readonly idleMs: number;
+}
+
+/** What a request's body watch hands the server. */
+interface RequestBody {
+  /** The body for the `Request`; undefined when the method cannot carry one (its bytes are read and dropped). */
+  readonly stream: ReadableStream<Uint8Array> | undefined;
+  /** Bytes received so far. */
+  readonly received: () => number;
+  /** True once the body arrived whole, the connection went, or a deadline passed: nothing more to wait for. */
+  readonly settled: () => boolean;
+  /** Nobody will read the stream any more (the answer is out): the rest of the body is read and dropped. */
+  discard(): void;
+}
+
+/**
+ * Reads a request's body off the socket into a Web stream (with backpressure), under two deadlines: the whole body
+ * within `totalMs` of its headers, and no pause longer than `idleMs` while the gateway waits for the client. A
+ * pause the gateway causes (its reader is behind) does not count as idle. When a deadline passes the stream
+ * errors with the {@link RequestTimeoutError} that `onTimeout` also receives.
+ *
+ * Without this a client announcing a body it never sends (`Content-Length: 1000` and ten bytes, a chunked body
+ * with no last chunk, a byte every few seconds) would hold its connection and the handler waiting on it forever.
+ */
+function watchBody(
+  req: IncomingMessage,
+  deadlines: BodyDeadlines,
+  onTimeout: (error: RequestTimeoutError, deadline: 'idle' | 'total') => void,
+): RequestBody {
+  let controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+  let feeding = carriesBody(req.method);
+  let settled = false;
+  let paused = false;
+  let received = 0;
+  let idleTimer: NodeJS.Timeout | undefined;
+
+  const socket = req.socket;
+  const stop = () => {
+    settled = true;
+    clearTimeout(idleTimer);
+    clearTimeout(totalTimer);
+    req.off('data', onData);
+    socket.off('close', onGone);
+  };
+  /** Ends what the stream hands out, with an error when the body did not arrive whole. */
+  const unfeed = (error?: Error) => {
+    if (!feeding) return;
+    feeding = false;
+    try {
+      if (error === undefined) controller?.close();
+      else controller?.error(error);
+    } catch {
+      // The reader cancelled the stream already.
+    }
+  };
+  const expire = (deadline: 'idle' | 'total') => {
+    if (settled) return;
+    stop();
+    const error = new RequestTimeoutError(
+      'request_body_timeout',
+      deadline === 'idle'
+        ? `The request body stalled: no byte of it arrived for ${deadlines.idleMs} ms.`
+        : `The request body did not arrive within ${deadlines.totalMs} ms.`,
+      { param: 'body' },
+    );
+    unfeed(error);
+    onTimeout(error, deadline);
+  };
+  const armIdle = () => {
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => expire('idle'), deadlines.idleMs).unref();
+  };
+  const onData = (chunk: Buffer) => {
+    received += chunk.byteLength;
+    if (feeding && controller !== undefined) {
+      controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+      if ((controller.desiredSize ?? 1) <= 0) {
+        // The reader is behind: the client is not what we are waiting for until it catches up.
+        paused = true;
+        req.pause();
+        clearTimeout(idleTimer);
+        return;
+      }
+    }
+    armIdle();
+  };
+  const resume = () => {
+    if (!paused || settled) return;
+    paused = false;
+    req.resume();
+    armIdle();
+  };
+
+  const stream = feeding
+    ? new ReadableStream<Uint8Array>(
+        {
+          start(c) {
+            controller = c;
+          },
+          pull: resume,
+          cancel() {
+            feeding = false;
+            resume();
+          },
+        },
+        { highWaterMark: 64 * 1024, size: (chunk) => chunk.byteLength },
+      )
+    : undefined;
+  const totalTimer = setTimeout(() => expire('total'), deadlines.totalMs).unref();
+  armIdle();
+  req.on('data', onData);
+  req.once('end', () => {
+    if (settled) return;
+    stop();
+    unfeed();
+  });
+  // The connection's close, not the request's: once the answer is out node detaches the request from its
+  // connection, and the request never hears that the rest of its body will not come.
+  function onGone(): void {
+    if (settled) return;
+    stop();
+    unfeed(new Error('The connection closed before the request body was complete.'));
+  }
+  socket.once('close', onGone);
+  return {
+    stream,
+    received: () => received,
+    settled: () => settled,
+    discard() {
+      unfeed(new Error('The answer was sent before the request body was read.'));
+      resume();
+    },
+  };
 }
 
 async function writeResponse(response: Response, res: ServerResponse): Promise<void> {
@@ -128,14 +292,22 @@ function rawJsonError(status: string, error: GatewayError): string {
   return `HTTP/1.1 ${status}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
 }
 
+function positiveMs(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value <= 0) throw new RangeError(`${name} must be a positive whole number of milliseconds, got ${value}`);
+  return value;
+}
+
 /**
  * Starts serving `handler`.
- * @example const { url, close } = await serve(gateway, { port: 8787, host: '127.0.0.1', log });
+ * @example const { url, close } = await serve(gateway, { port: 8787, host: '127.0.0.1', log, bodyTimeoutMs: config.bodyTimeoutMs });
  */
-export async function serve(
-  handler: FetchHandler,
-  options: { readonly port: number; readonly host: string; readonly log: Logger },
-): Promise<NodeServer> {
+export async function serve(handler: FetchHandler, options: ServeOptions): Promise<NodeServer> {
+  const totalMs = positiveMs('bodyTimeoutMs', options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS);
+  const deadlines: BodyDeadlines = {
+    totalMs,
+    idleMs: Math.min(totalMs, positiveMs('bodyIdleTimeoutMs', options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS)),
+  };
+  const headersTimeoutMs = positiveMs('headersTimeoutMs', options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS);
   const pending = new Set<Promise<unknown>>();
   const context: ExecutionContext = {
     waitUntil(promise) {
@@ -150,49 +322,98 @@ export async function serve(
   const whenAnswered = new WeakMap<Duplex, () => void>();
 
   // requireHostHeader off: a request without Host gets the gateway's JSON answers, not node's empty 400.
-  const server = createServer({ noDelay: true, keepAliveTimeout: 65_000, requestTimeout: 0, requireHostHeader: false }, (req, res) => {
-    const abort = new AbortController();
-    const socket = req.socket;
-    const open = owed.get(socket) ?? new Set<IncomingMessage>();
-    owed.set(socket, open);
-    open.add(req);
-    res.on('close', () => {
-      if (!res.writableFinished) abort.abort();
-      open.delete(req);
-      whenAnswered.get(socket)?.();
-    });
-    req.on('error', () => abort.abort());
-    void (async () => {
-      let response: Response;
-      try {
-        response = await handler(requestFrom(req, abort.signal), context);
-      } catch (error) {
-        if (!(error instanceof GatewayError) || error.statusCode >= 500) {
-          options.log.error('handler_failed', { method: req.method, error: describeError(error) });
+  // requestTimeout off: the body's deadlines are kept per request below, where the answer can be the gateway's
+  // JSON 408 and the handler's work can be stopped; node's would be an empty 408 written under a running handler.
+  const server = createServer(
+    {
+      noDelay: true,
+      keepAliveTimeout: 65_000,
+      requestTimeout: 0,
+      headersTimeout: headersTimeoutMs,
+      // node looks for overdue headers on this period (30 s unless told), which would let a slow client keep a
+      // connection up to twice the timeout.
+      connectionsCheckingInterval: Math.max(10, Math.min(1_000, Math.floor(headersTimeoutMs / 4))),
+      requireHostHeader: false,
+    },
+    (req, res) => {
+      const abort = new AbortController();
+      const socket = req.socket;
+      const open = owed.get(socket) ?? new Set<IncomingMessage>();
+      owed.set(socket, open);
+      open.add(req);
+      // Set once an answer is chosen: the handler's, or the 408 of a body that did not come in time.
+      let answered = false;
+      const answer = async (response: Response) => {
+        answered = true;
+        try {
+          await writeResponse(response, res);
+        } catch (error) {
+          options.log.warn('response_write_failed', { error: describeError(error) });
+          res.destroy();
         }
-        response = errorResponse(error);
-      }
-      try {
-        await writeResponse(response, res);
-      } catch (error) {
-        options.log.warn('response_write_failed', { error: describeError(error) });
-        res.destroy();
-      }
-    })();
-  });
+      };
+      const body = watchBody(req, deadlines, (error, deadline) => {
+        options.log.info('request_body_timeout', { method: req.method, deadline, received_bytes: body.received() });
+        // Stops whatever the handler started for this request (an upstream call of a GET with a lying body).
+        abort.abort(error);
+        // The rest of the request is unknown, so the connection cannot carry another one.
+        const closeConnection = () => socket.destroySoon();
+        if (!answered) {
+          res.once('close', closeConnection);
+          void answer(errorResponse(error, { connection: 'close' }));
+        } else if (res.writableFinished) {
+          closeConnection();
+        } else {
+          // The handler answered without waiting for the body (a refusal): that answer finishes first.
+          res.once('close', closeConnection);
+        }
+      });
+      res.on('finish', () => {
+        if (!body.settled()) body.discard();
+      });
+      res.on('close', () => {
+        if (!res.writableFinished) abort.abort();
+        open.delete(req);
+        whenAnswered.get(socket)?.();
+      });
+      req.on('error', () => abort.abort());
+      void (async () => {
+        let response: Response;
+        try {
+          response = await handler(requestFrom(req, abort.signal, body.stream), context);
+        } catch (error) {
+          if (!(error instanceof GatewayError) || error.statusCode >= 500) {
+            options.log.error('handler_failed', { method: req.method, error: describeError(error) });
+          }
+          response = errorResponse(error);
+        }
+        if (answered) {
+          // The 408 went out while the handler was still at work; what it answered in the end is not wanted.
+          await response.body?.cancel().catch(() => undefined);
+          return;
+        }
+        await answer(response);
+      })();
+    },
+  );
   server.on('clientError', (error, socket) => {
     // Malformed HTTP never reaches the handler; answer it in the same JSON shape when the socket still can.
     if (!socket.writable) {
       socket.destroy();
       return;
     }
-    const tooLarge = (error as { code?: string }).code === 'HPE_HEADER_OVERFLOW';
-    const answer = rawJsonError(
-      tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request',
-      tooLarge
-        ? new BadRequestError('headers_too_large', `The request line and headers exceed ${maxHeaderSize} bytes.`)
-        : new BadRequestError('bad_http', 'Malformed HTTP request.'),
-    );
+    const code = (error as { code?: string }).code;
+    if (code === 'ERR_HTTP_REQUEST_TIMEOUT' && (socket as Socket).bytesRead === 0) {
+      // A connection opened and never used: nobody asked anything, so there is nobody to answer.
+      socket.destroy();
+      return;
+    }
+    const answer =
+      code === 'HPE_HEADER_OVERFLOW'
+        ? rawJsonError('431 Request Header Fields Too Large', new BadRequestError('headers_too_large', `The request line and headers exceed ${maxHeaderSize} bytes.`))
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? rawJsonError('408 Request Timeout', new RequestTimeoutError('request_headers_timeout', `The request line and headers did not arrive within ${headersTimeoutMs} ms.`))
+          : rawJsonError('400 Bad Request', new BadRequestError('bad_http', 'Malformed HTTP request.'));
     // Written now, the answer would overtake those of the whole requests before it, and the client would read it as
     // the answer to its first request. (A request cut by this very error is never whole: it is not waited for.)
     const before = [...(owed.get(socket) ?? [])].filter((req) => req.complete);
@@ -216,7 +437,8 @@ export async function serve(
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     req.resume();
     const body = JSON.stringify(errorBody(new BadRequestError('expectation_failed', 'Only "Expect: 100-continue" is supported.', { param: 'Expect' })));
-    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+    // Closing rather than reading whatever body may follow: no handler runs, so no body deadline would bound it.
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
     res.end(body);
   });
 

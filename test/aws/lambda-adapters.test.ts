@@ -4,11 +4,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { Context } from 'aws-lambda';
+import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
 import { apiGatewayResponseHeaders, requestFromApiGatewayEvent } from '../../lambda/aws/api-gateway-request';
 import { bufferedHandler } from '../../lambda/aws/buffered-adapter';
 import { streamingHandler } from '../../lambda/aws/streaming-adapter';
-import { BadRequestError, RateLimitedError } from '../../lambda/core/errors';
+import { BadRequestError, GatewayError, RateLimitedError } from '../../lambda/core/errors';
 import type { ExecutionContext, FetchHandler } from '../../lambda/core/handler';
 import { createLogger, type Logger } from '../../lambda/core/log';
 import { docsSampleEvent, restProxyEvent } from '../support/api-gateway-events';
@@ -152,6 +152,122 @@ describe('requestFromApiGatewayEvent', () => {
     const request = requestFromApiGatewayEvent(restProxyEvent(), { signal: abort.signal });
     abort.abort();
     assert.equal(request.signal.aborted, true);
+  });
+});
+
+/** The faults the generated events of adapter-fuzz.test.ts found, each pinned by the smallest event that showed it. */
+describe('requestFromApiGatewayEvent on malformed events', () => {
+  const chat = () => {
+    const event = restProxyEvent({ method: 'POST', path: '/v1/chat/completions', headers: [['Host', 'api.example.com']], body: '{"model":"gpt-4o-mini"}' });
+    event.requestContext.domainName = 'fallback.example.com';
+    return event as APIGatewayProxyEvent & Record<string, any>;
+  };
+  const refusal = (code: string, param: string | null, status = 400) => (error: unknown) =>
+    error instanceof GatewayError && error.statusCode === status && error.code === code && (error.param ?? null) === param;
+
+  it('falls back to the domain name when Host would not parse as a URL authority, instead of a TypeError', () => {
+    for (const host of ['999.999.999.999', '1.2.3.4.5', '[::1]:99999', 'api.example.com:70000']) {
+      const event = chat();
+      event.headers.Host = host;
+      event.multiValueHeaders.Host = [host];
+      assert.equal(new URL(requestFromApiGatewayEvent(event).url).host, 'fallback.example.com', host);
+    }
+  });
+
+  it('falls back to localhost when the domain name is not a host either', () => {
+    for (const domainName of ['evil.example/x', '', '999.999.999.999', null]) {
+      const event = chat();
+      delete event.headers.Host;
+      delete event.multiValueHeaders.Host;
+      event.requestContext.domainName = domainName as string;
+      const url = new URL(requestFromApiGatewayEvent(event).url);
+      assert.deepEqual([url.host, url.pathname], ['localhost', '/v1/chat/completions'], String(domainName));
+    }
+  });
+
+  it('answers CONNECT, TRACE, TRACK and other methods API Gateway never serves with a 405 naming the method, not a TypeError', () => {
+    for (const method of ['CONNECT', 'trace', 'Track', 'PROPFIND', 'FOO']) {
+      const event = chat();
+      event.httpMethod = method;
+      assert.throws(() => requestFromApiGatewayEvent(event), refusal('method_not_allowed', 'method', 405), method);
+    }
+  });
+
+  it('refuses a method that is not an HTTP token, or not a string, with a 400 naming the method', () => {
+    for (const method of ['G ET', 'POST ', 'ÜBER', 'po\u017Ft', '\u0000', 42, {}]) {
+      const event = chat();
+      event.httpMethod = method as string;
+      assert.throws(() => requestFromApiGatewayEvent(event), refusal('invalid_method', 'method'), JSON.stringify(method));
+    }
+  });
+
+  it('leaves out a stage prefix that is not a plain path instead of failing on it', () => {
+    for (const stage of ['/pr\nod', '/pr\u0000od', '/日本', '//evil.example', '/x"y', '/a b']) {
+      const event = chat();
+      event.requestContext.path = `${stage}/v1/chat/completions`;
+      assert.equal(requestFromApiGatewayEvent(event).headers.get('x-forwarded-prefix'), null, JSON.stringify(stage));
+    }
+    const event = chat();
+    event.requestContext.path = '/prod/v1/chat/completions';
+    assert.equal(requestFromApiGatewayEvent(event).headers.get('x-forwarded-prefix'), '/prod');
+  });
+
+  it('reads a path that is not a string as /', () => {
+    const event = chat();
+    event.path = 42 as unknown as string;
+    assert.equal(new URL(requestFromApiGatewayEvent(event).url).pathname, '/');
+  });
+
+  it('reads multi-value entries that are null, a bare string or hold non-strings without inventing values', () => {
+    const event = chat();
+    event.multiValueHeaders['X-Null'] = null as unknown as string[];
+    event.headers['X-Null'] = 'from the single map';
+    event.multiValueHeaders['X-Bare'] = 'abc' as unknown as string[];
+    event.multiValueHeaders['X-Mixed'] = [null, 'kept', 7] as unknown as string[];
+    const headers = requestFromApiGatewayEvent(event).headers;
+    assert.equal(headers.get('x-null'), 'from the single map');
+    assert.equal(headers.get('x-bare'), 'abc');
+    assert.equal(headers.get('x-mixed'), 'kept');
+  });
+
+  it('refuses a header value with a control character other than tab, which could not be forwarded', () => {
+    for (const value of ['a\u007fb', '\u001b[31m', 'a\u0001', '\r\nX-Injected: 1']) {
+      const event = chat();
+      event.multiValueHeaders.Accept = [value];
+      assert.throws(() => requestFromApiGatewayEvent(event), refusal('invalid_header', 'Accept'), JSON.stringify(value));
+    }
+    const event = chat();
+    event.multiValueHeaders['X-Latin1'] = ['caf\u00e9\tau lait'];
+    assert.equal(requestFromApiGatewayEvent(event).headers.get('x-latin1'), 'caf\u00e9\tau lait');
+  });
+
+  it('skips query values that are null rather than sending "null"', () => {
+    const event = chat();
+    event.queryStringParameters = { a: null, b: '1' } as unknown as Record<string, string>;
+    event.multiValueQueryStringParameters = { c: [null, 'x'], d: 'bare' } as unknown as Record<string, string[]>;
+    assert.equal(new URL(requestFromApiGatewayEvent(event).url).search, '?c=x&d=bare&b=1');
+  });
+
+  it('refuses a body marked base64 that is not base64, instead of forwarding what node makes of it', () => {
+    for (const body of ['!!!!', 'Zm9v YmFy', 'Zm9vYg', '{"model":"gpt-4o-mini"}', '-_-_']) {
+      const event = chat();
+      event.body = body;
+      event.isBase64Encoded = true;
+      assert.throws(() => requestFromApiGatewayEvent(event), refusal('invalid_base64', 'body'), body);
+    }
+  });
+
+  it('decodes only when isBase64Encoded is true, not when it is a truthy string', async () => {
+    const event = chat();
+    event.isBase64Encoded = 'false' as unknown as boolean;
+    assert.equal(await requestFromApiGatewayEvent(event).text(), '{"model":"gpt-4o-mini"}');
+  });
+
+  it('refuses a body that is not text, and an invocation that is not an event, with a 400', () => {
+    const event = chat();
+    event.body = 5 as unknown as string;
+    assert.throws(() => requestFromApiGatewayEvent(event), refusal('invalid_body', 'body'));
+    assert.throws(() => requestFromApiGatewayEvent(null as unknown as APIGatewayProxyEvent), refusal('invalid_event', null));
   });
 });
 
@@ -431,11 +547,30 @@ describe('streamingHandler', () => {
     assert.match(body.toString(), /"param":"Bad Header"/);
   });
 
-  it('ends the stream cleanly, without throwing, when the body fails after the prelude', async () => {
+  it('answers an invocation that is not an event with a JSON 400 instead of rejecting', async () => {
     const log = recordingLogger();
-    const responseStream = await stream(
-      async () =>
-        new Response(
+    const responseStream = new RuntimeResponseStream();
+    const handler = awslambdaShim.streamifyResponse(streamingHandler(async () => new Response('unreachable'), { logger: log.logger }));
+    await handler(null as unknown as APIGatewayProxyEvent, responseStream, lambdaContext);
+    const { prelude, body } = responseStream.decoded();
+    assert.equal(prelude.statusCode, 400);
+    assert.equal(JSON.parse(body.toString()).error.code, 'invalid_event');
+  });
+
+  it('logs an event it cannot translate as a refusal, not as a fault of the gateway', async () => {
+    const log = recordingLogger();
+    await stream(async () => new Response('unreachable'), { event: restProxyEvent({ method: 'TRACE' }), logger: log.logger });
+    assert.deepEqual(log.messages(), ['request_refused']);
+  });
+
+  it('fails the invocation after its usage writes, without ending the stream, when the body breaks after the prelude', async () => {
+    const log = recordingLogger();
+    const responseStream = new RuntimeResponseStream();
+    let usageWritten = false;
+    const failing = stream(
+      async (_request, context) => {
+        context.waitUntil(new Promise<void>((resolve) => setTimeout(resolve, 20)).then(() => void (usageWritten = true)));
+        return new Response(
           new ReadableStream<Uint8Array>({
             start(controller) {
               controller.enqueue(new TextEncoder().encode('partial'));
@@ -444,12 +579,25 @@ describe('streamingHandler', () => {
               controller.error(new Error('upstream reset'));
             },
           }),
-        ),
-      { logger: log.logger },
+        );
+      },
+      { logger: log.logger, stream: responseStream },
     );
+    await assert.rejects(failing, (error: Error) => {
+      assert.equal(error.name, 'BrokenBody');
+      assert.equal((error.cause as Error).message, 'upstream reset');
+      return true;
+    });
+    assert.ok(usageWritten, 'the usage writes finished before the invocation failed');
     assert.equal(responseStream.decoded().body.toString(), 'partial');
-    assert.equal(responseStream.writableFinished, true);
+    assert.equal(responseStream.writableEnded, false, 'a cut answer is not ended as if complete');
     assert.deepEqual(log.messages(), ['response_body_failed']);
+  });
+
+  it('ends the stream normally when the body completes', async () => {
+    const responseStream = await stream(async () => new Response('whole answer'));
+    assert.equal(responseStream.decoded().body.toString(), 'whole answer');
+    assert.equal(responseStream.writableFinished, true);
   });
 });
 
@@ -506,6 +654,17 @@ describe('bufferedHandler', () => {
     await handler(restProxyEvent());
     order.push('handler-returned');
     assert.deepEqual(order, ['usage-written', 'handler-returned']);
+  });
+
+  it('answers an event it cannot translate with the JSON 4xx, logged as a refusal', async () => {
+    const log = recordingLogger();
+    const handler = bufferedHandler(async () => new Response('unreachable'), { logger: log.logger });
+    const event = restProxyEvent({ method: 'POST', body: '!!!!' });
+    event.isBase64Encoded = true;
+    const result = await handler(event);
+    assert.equal(result.statusCode, 400);
+    assert.deepEqual(JSON.parse(result.body).error, { message: 'The body is marked base64-encoded but is not valid base64.', type: 'invalid_request_error', code: 'invalid_base64', param: 'body' });
+    assert.deepEqual(log.messages(), ['request_refused']);
   });
 
   it('turns a throw from the core into the JSON error response', async () => {

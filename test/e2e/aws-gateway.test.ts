@@ -429,6 +429,27 @@ describe('the OpenAI SDK through API Gateway and the proxy Lambda', () => {
     await assertLiveTotals('aws_aborter', [event]);
   });
 
+  it('cuts the client off when the upstream resets mid-stream, and meters it as one partial event', async () => {
+    const { data: stream, response } = await openai.chat.completions
+      .create(
+        { model: 'gpt-4o-mini', messages, stream: true },
+        { headers: { 'Helicone-User-Id': 'aws_reset', 'x-fake-words': '40', 'x-fake-reset-after': '5' } },
+      )
+      .withResponse();
+    let seen = 0;
+    await assert.rejects(
+      (async () => {
+        for await (const _chunk of stream) seen++;
+      })(),
+      'the SDK sees a broken answer, not a complete one',
+    );
+    assert.ok(seen >= 1 && seen < 40, `${seen} chunks before the cut`);
+    const event = await deliveredOnce(response.headers.get('helicone-id'));
+    assert.equal(event.usage_source, 'partial');
+    assert.equal(event.error, 'upstream_reset');
+    assert.ok(event.completion_tokens > 0 && event.completion_tokens < 40, `${event.completion_tokens} completion tokens`);
+  });
+
   it('answers /healthz through the streaming function', async () => {
     const response = await fetch(`${api.url}/prod/healthz`);
     assert.equal(response.status, 200);

@@ -385,17 +385,33 @@ describe('keys, Authorization and bodies never reach logs, events or the data di
     }
   });
 
-  it('an event log that cannot be written logs events for replay, without keys or bodies', { timeout: 60_000 }, async () => {
+  it('an event log that cannot be written spools events for replay, without keys or bodies', { timeout: 60_000 }, async () => {
     const today = new Date().toISOString().slice(0, 10);
-    // A file where the day's partition directory belongs: every write of the day fails.
-    const broken = await startLocal({}, async (dataDir) => {
+    // A file where the day's partition directory belongs: every write of the day fails, so events go to the spool.
+    const degraded = await startLocal({}, async (dataDir) => {
       await mkdir(join(dataDir, 'events'), { recursive: true });
       await writeFile(join(dataDir, 'events', `dt=${today}`), 'not a directory');
     });
     const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: PROMPT_MARKER }] });
+    const first = await call(degraded.port, 'POST', '/v1/chat/completions', [...GATEWAY_AUTH, ['Helicone-User-Id', 'spool-user']], body);
+    assert.equal(first.status, 200, 'the answer does not depend on the event log');
+    await degraded.server.idle();
+    await degraded.close();
+    const spooled = await filesUnder(join(degraded.dataDir, 'spool'));
+    assert.ok(spooled.some((file) => file.bytes.includes('spool-user')), 'the event waits in the spool');
+    assertAbsent(spooled.map((file) => ({ where: file.path, text: file.bytes })), SECRETS);
+    assertAbsent(degraded.logLines.map((line, i) => ({ where: `log line ${i}`, text: line })), SECRETS);
+
+    // The spool broken as well: the event is held in memory, and logged whole at the latest when the gateway stops.
+    const broken = await startLocal({}, async (dataDir) => {
+      await mkdir(join(dataDir, 'events'), { recursive: true });
+      await writeFile(join(dataDir, 'events', `dt=${today}`), 'not a directory');
+      await writeFile(join(dataDir, 'spool'), 'not a directory');
+    });
     const response = await call(broken.port, 'POST', '/v1/chat/completions', [...GATEWAY_AUTH, ['Helicone-User-Id', 'replay-user']], body);
     assert.equal(response.status, 200, 'the answer does not depend on the event log');
     await broken.server.idle();
+    await broken.close();
     const failures = broken.logLines.filter((line) => /"level":"(error|warn)"/.test(line));
     assert.ok(failures.some((line) => line.includes('replay-user')), `the event was logged for replay: ${failures.join('\n')}`);
     assertAbsent(broken.logLines.map((line, i) => ({ where: `log line ${i}`, text: line })), SECRETS);

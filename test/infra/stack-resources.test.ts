@@ -187,6 +187,7 @@ describe('stack outputs', () => {
     assert.ok(JSON.stringify(template.findOutputs('AdminKeySecretName').AdminKeySecretName).includes(`"Ref":"${secretId}"`));
     const logBucketId = logicalIdOf(template, 'AWS::S3::Bucket', { VersioningConfiguration: { Status: 'Enabled' } });
     template.hasOutput('LogBucketName', { Value: { Ref: logBucketId } });
+    template.hasOutput('EventsStreamName', { Value: { Ref: logicalIdOf(template, 'AWS::KinesisFirehose::DeliveryStream') } });
     template.hasOutput('CountersTableName', { Value: { Ref: logicalIdOf(template, 'AWS::DynamoDB::Table') } });
     template.hasOutput('AthenaWorkGroupName', { Value: only('AWS::Athena::WorkGroup').Properties.Name });
   });

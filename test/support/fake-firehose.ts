@@ -43,6 +43,14 @@ export interface FirehoseCall {
 
 type OutageMode = 'unavailable' | 'reset';
 
+/** The per-record error codes PutRecordBatch answers with. */
+export type RecordErrorCode = 'ServiceUnavailableException' | 'InternalFailure';
+
+const RECORD_ERROR_MESSAGES: Record<RecordErrorCode, string> = {
+  ServiceUnavailableException: 'Slow down.',
+  InternalFailure: 'An internal failure occurred.',
+};
+
 export class FakeFirehose {
   /** Every call received, in order, including the failed ones. */
   readonly calls: FirehoseCall[] = [];
@@ -50,6 +58,7 @@ export class FakeFirehose {
   private throttleBudget = 0;
   private failCount = 0;
   private failPredicate: RecordFailurePredicate | null = null;
+  private recordErrorCode: RecordErrorCode = 'ServiceUnavailableException';
   private outageUntil = -Infinity;
   private outageMode: OutageMode = 'unavailable';
   private readonly now: () => number;
@@ -93,9 +102,14 @@ export class FakeFirehose {
   /**
    * Rejects records inside otherwise successful calls (`FailedPutCount` > 0).
    * A number rejects the next `n` records received, once each; a predicate is asked about every record until
-   * it is replaced (`failRecords(0)` turns rejection off).
+   * it is replaced (`failRecords(0)` turns rejection off). `errorCode` is what the answer carries at the rejected
+   * record's index: Firehose uses `ServiceUnavailableException` (throttled) and `InternalFailure`.
    */
-  failRecords(which: number | RecordFailurePredicate): void {
+  failRecords(
+    which: number | RecordFailurePredicate,
+    errorCode: RecordErrorCode = 'ServiceUnavailableException',
+  ): void {
+    this.recordErrorCode = errorCode;
     if (typeof which === 'number') {
       this.failCount = which;
       this.failPredicate = null;
@@ -121,6 +135,7 @@ export class FakeFirehose {
     this.throttleBudget = 0;
     this.failCount = 0;
     this.failPredicate = null;
+    this.recordErrorCode = 'ServiceUnavailableException';
     this.outageUntil = -Infinity;
   }
 
@@ -195,7 +210,9 @@ export class FakeFirehose {
       FailedPutCount: failedCount,
       Encrypted: false,
       RequestResponses: failed.map((f) =>
-        f ? { ErrorCode: 'ServiceUnavailableException', ErrorMessage: 'Slow down.' } : { RecordId: recordId() },
+        f
+          ? { ErrorCode: this.recordErrorCode, ErrorMessage: RECORD_ERROR_MESSAGES[this.recordErrorCode] }
+          : { RecordId: recordId() },
       ),
     });
   }

@@ -1,12 +1,15 @@
 /**
- * A local S3 speaking the REST protocol for the three calls the gateway makes: PutObject, GetObject and
- * ListObjectsV2, path-style (`/<bucket>/<key>`), so tests use the real `@aws-sdk/client-s3` client with
- * `forcePathStyle: true`. Objects live in memory; buckets exist as soon as something is written to them.
+ * A local S3 speaking the REST protocol for the calls the gateway and its tools make: PutObject, GetObject,
+ * DeleteObject and ListObjectsV2 (prefix, max-keys, continuation token), path-style (`/<bucket>/<key>`), so tests
+ * use the real `@aws-sdk/client-s3` client with `forcePathStyle: true` (an IP-address endpoint, as this one is,
+ * makes the SDK pick path-style on its own, which lets a child process find it through `AWS_ENDPOINT_URL_S3`).
+ * Objects live in memory; buckets exist as soon as something is written to them.
  *
  * @example
  * const s3 = await FakeS3.start();
  * const client = new S3Client({ endpoint: s3.endpoint, forcePathStyle: true, region: 'us-east-1', credentials });
  * s3.failPuts(true);              // every PutObject answers 500 InternalError
+ * s3.failDeletes(true);           // every DeleteObject answers 500 InternalError
  * s3.keys('recovery-bucket');     // sorted keys
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -25,8 +28,12 @@ export interface StoredObject {
 export class FakeS3 {
   private readonly buckets = new Map<string, Map<string, StoredObject>>();
   private failingPuts = false;
+  private failingDeletes = false;
+  private failingGets: ((key: string) => boolean) | null = null;
   /** Number of PutObject calls received, failed ones included. */
   putCalls = 0;
+  /** Number of DeleteObject calls received, failed ones included. */
+  deleteCalls = 0;
 
   private constructor(
     private readonly server: Server,
@@ -51,6 +58,16 @@ export class FakeS3 {
     this.failingPuts = on;
   }
 
+  /** While on, every DeleteObject answers 500 `InternalError` and deletes nothing. */
+  failDeletes(on: boolean): void {
+    this.failingDeletes = on;
+  }
+
+  /** GetObject of a key the predicate accepts answers 500 `InternalError`; `null` turns it off. */
+  failGets(which: ((key: string) => boolean) | null): void {
+    this.failingGets = which;
+  }
+
   /** Keys in `bucket`, sorted as S3 lists them. */
   keys(bucket: string): string[] {
     return [...(this.buckets.get(bucket)?.keys() ?? [])].sort();
@@ -69,7 +86,10 @@ export class FakeS3 {
   reset(): void {
     this.buckets.clear();
     this.failingPuts = false;
+    this.failingDeletes = false;
+    this.failingGets = null;
     this.putCalls = 0;
+    this.deleteCalls = 0;
   }
 
   async close(): Promise<void> {
@@ -110,6 +130,7 @@ export class FakeS3 {
       return;
     }
     if (req.method === 'GET' && key !== '') {
+      if (this.failingGets?.(key)) return respondError(res, 500, 'InternalError', 'We encountered an internal error.');
       const found = this.buckets.get(bucket)?.get(key);
       if (!found) return respondError(res, 404, 'NoSuchKey', 'The specified key does not exist.');
       res.writeHead(200, {
@@ -120,6 +141,15 @@ export class FakeS3 {
         'x-amz-request-id': requestId(),
       });
       res.end(found.body);
+      return;
+    }
+    if (req.method === 'DELETE' && key !== '') {
+      this.deleteCalls += 1;
+      if (this.failingDeletes) return respondError(res, 500, 'InternalError', 'We encountered an internal error.');
+      // S3 answers 204 whether or not the key existed (without versioning, which the fake does not model).
+      this.buckets.get(bucket)?.delete(key);
+      res.writeHead(204, { 'x-amz-request-id': requestId() });
+      res.end();
       return;
     }
     if (req.method === 'GET' && url.searchParams.get('list-type') === '2') {

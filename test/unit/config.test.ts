@@ -43,6 +43,29 @@ describe('localConfigFromEnv', () => {
     });
   }
 
+  it('gives a request body two minutes, with pauses of at most 30 seconds, unless told otherwise', () => {
+    const config = localConfigFromEnv({});
+    assert.equal(config.bodyTimeoutMs, 120_000);
+    assert.equal(config.bodyIdleTimeoutMs, 30_000);
+    const tuned = localConfigFromEnv({ BODY_TIMEOUT_MS: '300000', BODY_IDLE_TIMEOUT_MS: '60000' });
+    assert.deepEqual([tuned.bodyTimeoutMs, tuned.bodyIdleTimeoutMs], [300_000, 60_000]);
+  });
+
+  it('shortens the default pause to a body deadline below it', () => {
+    assert.equal(localConfigFromEnv({ BODY_TIMEOUT_MS: '5000' }).bodyIdleTimeoutMs, 5_000);
+  });
+
+  for (const [env, variable] of [
+    [{ BODY_TIMEOUT_MS: '2m' }, 'BODY_TIMEOUT_MS'],
+    [{ BODY_TIMEOUT_MS: '0' }, 'BODY_TIMEOUT_MS'],
+    [{ BODY_IDLE_TIMEOUT_MS: '-5' }, 'BODY_IDLE_TIMEOUT_MS'],
+    [{ BODY_TIMEOUT_MS: '10000', BODY_IDLE_TIMEOUT_MS: '20000' }, 'BODY_IDLE_TIMEOUT_MS'],
+  ] as const) {
+    it(`fails fast on ${JSON.stringify(env)}, naming ${variable}`, () => {
+      assert.throws(() => localConfigFromEnv(env), (e: unknown) => e instanceof ConfigError && e.variable === variable && e.message.startsWith(`${variable}: `));
+    });
+  }
+
   it('strips a trailing slash from the upstream URL', () => {
     assert.equal(localConfigFromEnv({ UPSTREAM_OPENAI_URL: 'http://127.0.0.1:9000/openai/' }).upstreamUrl, 'http://127.0.0.1:9000/openai');
   });

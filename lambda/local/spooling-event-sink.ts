@@ -1,0 +1,980 @@
+/**
+ * The local event log that keeps accepting usage when its directory does not: a disk that is full, an `events`
+ * directory replaced by a file, an I/O error. Wraps the {@link FileEventSink} (the primary) and, while it fails,
+ * spools the events under `${dataDir}/spool/`, retries the primary in the background and replays the spool into it,
+ * oldest first, once it works again. Nothing accepted is dropped silently: an event is in the primary log, in a
+ * spool file, in memory, or — past every bound — logged whole as `usage_event_undelivered` (events hold no secrets
+ * or bodies, so the logs can rebuild them).
+ *
+ * Design choices, and why:
+ *
+ * - **A separate directory.** `events/` is the thing that may be broken (replaced, unwritable, on a failed mount),
+ *   and everything that reads it (history queries, compaction, catch-up) must never see a half-delivered spool. The
+ *   spool is NDJSON like the log, one event per line, so an operator can read or replay it with the same tools.
+ * - **The event log's crash rules.** A spool file has one writer for its whole life (created with `wx` by this
+ *   process, never appended to after a failed append), every append is fsync'd before the write is acknowledged
+ *   (a group commit: appends that arrive during one share the next fsync), and a reader skips lines that are not
+ *   complete events, so a crash leaves at most one torn line at the end of a file.
+ * - **Memory as well as disk.** Spooled events are also kept in memory up to {@link SpoolingEventSinkOptions.maxMemoryEvents},
+ *   so a short outage replays without reading anything back; spooled copies are let go first when memory is needed.
+ *   When the spool fails too (it is usually the same disk) events are held in memory only, within the same bound,
+ *   and the retry loop keeps trying to spool them. Beyond the bound a write rejects with
+ *   {@link EventLogOverflowError} after logging each of its events whole.
+ * - **No primary attempt per write while degraded.** Once a write has failed, later writes go straight to the spool
+ *   until a background retry succeeds: a request's bookkeeping never pays a failing attempt (or a hung disk's
+ *   timeout), and the log keeps the order the events were accepted in, spooled ones before newer ones.
+ * - **Capped exponential backoff, no jitter.** One process retries one local directory, so there is no herd to
+ *   spread; retries start at {@link SpoolingEventSinkOptions.initialRetryMs} and double up to
+ *   {@link SpoolingEventSinkOptions.maxRetryMs}, so a repaired disk is used again within seconds.
+ * - **Catching up without a gap.** When a retry gets through, new writes wait (in memory, not spooled) while the last
+ *   spool files are replayed, then go to the primary right behind them. Under steady traffic the spool would
+ *   otherwise never be empty at the instant the loop looks.
+ * - **At least once, never lost.** A spool file is deleted only after every event in it is durably (fsync'd) in the
+ *   primary log. A crash between the two replays the file again on the next start, so the log may hold a request
+ *   twice; every reader (history queries, compaction, catch-up, reconcile) deduplicates by `request_id`.
+ * - **Counting replayed events.** Live counters are recorded from the in-process event, independently of this sink;
+ *   an event that was only spooled when the gateway died may have missed its counter transaction, and the start-up
+ *   catch-up reads only the log. {@link SpoolingEventSinkOptions.onReplayed} hands every replayed batch to the owner
+ *   (the local gateway records it in the counters, which count a `request_id` once).
+ * - **One process per data directory.** Leftover spool files are replayed at {@link SpoolingEventSink.start}; a second
+ *   live process would replay the first one's spool. The gateway's DuckDB file lock already forbids two gateways on
+ *   one data directory, and the spool relies on it.
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { InternalError } from '../core/errors';
+import { describeError, silentLogger, type Logger } from '../core/log';
+import type { EventSink } from '../core/ports';
+import { eventDate, type UsageEvent } from '../core/usage-event';
+import { parseEventLine } from './event-files';
+
+export interface SpoolingEventSinkOptions<Primary extends EventSink = EventSink> {
+  /** The event log proper (a {@link FileEventSink}); closed by {@link SpoolingEventSink.close}. */
+  readonly primary: Primary;
+  /** Root data directory; the spool is `${dataDir}/spool/`. */
+  readonly dataDir: string;
+  readonly log?: Logger;
+  /**
+   * Events held in memory while degraded, spooled or not. Past it spooled events are read back from their files,
+   * and events that could not be spooled are logged whole and their write rejects.
+   * @default 100000
+   */
+  readonly maxMemoryEvents?: number;
+  /**
+   * A spool file is closed and a new one started once it reaches this size, so replay can delete the spool file
+   * by file as it goes and never has to read back more than this at once.
+   * @default 4194304 (4 MiB)
+   */
+  readonly spoolFileBytes?: number;
+  /** Events per primary write during replay (each is one fsync'd group commit). @default 2000 */
+  readonly replayBatchEvents?: number;
+  /** First retry of a failed primary; doubles per failed retry. @default 100 */
+  readonly initialRetryMs?: number;
+  /** Longest wait between two retries. @default 5000 */
+  readonly maxRetryMs?: number;
+  /**
+   * A direct write the primary has not answered in this time is spooled and the sink degrades, so a hung disk
+   * does not pile up waiting writes. Its events may then reach the log twice, which readers deduplicate.
+   * @default 10000
+   */
+  readonly primaryTimeoutMs?: number;
+  /**
+   * Told about each batch of events that reached the primary by replay (from this process's spool or memory, or a
+   * previous process's spool) once it is durable there. Called without being awaited by the replay; close() waits
+   * for the calls in flight. A rejection is logged.
+   */
+  readonly onReplayed?: (events: readonly UsageEvent[]) => void | Promise<void>;
+}
+
+/** What the sink has done since it was opened, for logs, health checks and tests. */
+export interface SpoolingEventSinkStats {
+  /** `degraded` from the first failed write (or a leftover spool) until everything pending is replayed. */
+  readonly state: 'healthy' | 'degraded' | 'closed';
+  /** Events written straight to the primary. */
+  readonly written: number;
+  /** Events appended (fsync'd) to spool files. */
+  readonly spooled: number;
+  /** Events accepted into memory only, because the spool failed as well. */
+  readonly heldInMemoryOnly: number;
+  /** Events moved into the primary by replay, from any source. */
+  readonly replayed: number;
+  /** Of {@link replayed}: events from spool files a previous process left. */
+  readonly replayedFromPreviousRun: number;
+  /** Events accepted but not yet in the primary: spooled, in memory, or waiting to be spooled. */
+  readonly pending: number;
+  /** Of {@link pending}: events with no spool copy (lost if the process dies now). */
+  readonly pendingInMemoryOnly: number;
+  /** Events held in memory right now (bounded by `maxMemoryEvents`). */
+  readonly heldInMemory: number;
+  /** Spool files waiting to be replayed. */
+  readonly spoolFiles: number;
+  /** Events logged whole as `usage_event_undelivered` (memory bound reached, or closing with the spool broken). */
+  readonly undelivered: number;
+  /** Events of spool files that disappeared before they could be replayed. */
+  readonly lost: number;
+  /** Spool lines skipped as incomplete (a torn last line after a crash). */
+  readonly skippedLines: number;
+  /** Times the sink became degraded. */
+  readonly outages: number;
+  /** Background retries that failed. */
+  readonly failedRetries: number;
+  /** Wait before the next retry while degraded. */
+  readonly retryDelayMs: number;
+}
+
+/**
+ * Raised when events could be neither written, nor spooled, nor held in memory. Each of them is already in the
+ * logs whole, and retrying would only repeat the same failure.
+ */
+export class EventLogOverflowError extends InternalError {
+  readonly retryable = false;
+  readonly eventsLogged = true;
+
+  constructor(
+    readonly undeliveredCount: number,
+    cause: unknown,
+  ) {
+    super('usage_event_undelivered', `${undeliveredCount} usage event(s) could be neither written, spooled nor held in memory.`, { cause });
+  }
+}
+
+/** The primary did not answer a write in time; the write was spooled instead. */
+export class EventLogTimeoutError extends InternalError {
+  constructor(readonly timeoutMs: number) {
+    super('event_log_timeout', `The event log did not answer a write within ${timeoutMs} ms.`);
+  }
+}
+
+/** A run of accepted events in acceptance order: one spool file, or (while the spool fails) memory only. */
+interface SpoolChunk {
+  /** The spool file holding every event of the chunk; null while the chunk is in memory only. */
+  path: string | null;
+  /** Open while the chunk is the append target. */
+  file: FileHandle | null;
+  /** Every event of the chunk, or null when only the file has them (read back at replay). */
+  events: UsageEvent[] | null;
+  count: number;
+  bytes: number;
+  /** Leading events already durable in the primary: a retry resumes after them. */
+  replayed: number;
+  /** Earliest `dt` partition among the chunk's events. */
+  oldestDay: string | null;
+  readonly fromPreviousRun: boolean;
+}
+
+interface AcceptedWrite {
+  readonly events: readonly UsageEvent[];
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
+}
+
+interface Outage {
+  readonly since: number;
+  readonly spooled: number;
+  readonly heldInMemoryOnly: number;
+  readonly replayed: number;
+  readonly undelivered: number;
+  readonly failedRetries: number;
+  logged: boolean;
+}
+
+const DEFAULT_MAX_MEMORY_EVENTS = 100_000;
+const DEFAULT_SPOOL_FILE_BYTES = 4 * 1024 * 1024;
+const DEFAULT_REPLAY_BATCH_EVENTS = 2_000;
+const DEFAULT_INITIAL_RETRY_MS = 100;
+const DEFAULT_MAX_RETRY_MS = 5_000;
+const DEFAULT_PRIMARY_TIMEOUT_MS = 10_000;
+/** A memory-only chunk is closed at this many events, so a repaired spool gets files of a sensible size. */
+const MEMORY_CHUNK_EVENTS = 5_000;
+/** While degraded, a reminder with the backlog at most this often (state changes are logged when they happen). */
+const DEGRADED_REMINDER_MS = 60_000;
+
+/**
+ * An {@link EventSink} that never loses an accepted event to a failing event log.
+ * @example
+ * const sink = await SpoolingEventSink.open({ primary: new FileEventSink({ dataDir }), dataDir, log });
+ * await sink.write([event]);   // resolves once the event is in the log, or in the spool
+ * sink.stats().pending;        // 0 once a degraded log has been replayed
+ * await sink.close();          // a last replay; what is left stays in the spool for the next start
+ */
+export class SpoolingEventSink<Primary extends EventSink = EventSink> implements EventSink {
+  /** The wrapped event log, e.g. for its own `stats()`. */
+  readonly primary: Primary;
+  /** `${dataDir}/spool`. */
+  readonly spoolDir: string;
+  private readonly log: Logger;
+  private readonly maxMemoryEvents: number;
+  private readonly spoolFileBytes: number;
+  private readonly replayBatchEvents: number;
+  private readonly initialRetryMs: number;
+  private readonly maxRetryMs: number;
+  private readonly primaryTimeoutMs: number;
+  private readonly onReplayed: ((events: readonly UsageEvent[]) => void | Promise<void>) | undefined;
+
+  private state: 'healthy' | 'degraded' = 'healthy';
+  private closing: Promise<void> | null = null;
+  private closed = false;
+  private started = false;
+  /** Pending chunks, oldest first: replay always takes the head. */
+  private chunks: SpoolChunk[] = [];
+  /** The chunk appends go to; sealed (set to null) before it is replayed or when it fails. */
+  private current: SpoolChunk | null = null;
+  /** Writes accepted while degraded that no chunk holds yet (waiting for the next group commit to the spool). */
+  private incoming: AcceptedWrite[] = [];
+  private incomingEvents = 0;
+  private appendQueued = false;
+  /** Serialises every change to chunks and spool files: appends, sealing, deleting, re-spooling. */
+  private lane: Promise<void> = Promise.resolve();
+  private spoolBroken = false;
+  private spoolError: unknown = null;
+  /** A retry got through: new writes wait for the last chunks instead of starting new spool files. */
+  private catchingUp = false;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private retrying: Promise<boolean> | null = null;
+  private retryDelayMs: number;
+  private lastError: unknown = null;
+  private lastReminderAt = 0;
+  private lastFileMs = 0;
+  private heldEvents = 0;
+  private outage: Outage | null = null;
+  private readonly direct = new Set<Promise<void>>();
+  private readonly notifications = new Set<Promise<void>>();
+  private readonly counts = {
+    written: 0,
+    spooled: 0,
+    heldInMemoryOnly: 0,
+    replayed: 0,
+    replayedFromPreviousRun: 0,
+    undelivered: 0,
+    lost: 0,
+    skippedLines: 0,
+    outages: 0,
+    failedRetries: 0,
+  };
+
+  constructor(options: SpoolingEventSinkOptions<Primary>) {
+    this.primary = options.primary;
+    this.spoolDir = join(options.dataDir, 'spool');
+    this.log = options.log ?? silentLogger;
+    this.maxMemoryEvents = Math.max(0, Math.floor(options.maxMemoryEvents ?? DEFAULT_MAX_MEMORY_EVENTS));
+    this.spoolFileBytes = Math.max(1, options.spoolFileBytes ?? DEFAULT_SPOOL_FILE_BYTES);
+    this.replayBatchEvents = Math.max(1, Math.floor(options.replayBatchEvents ?? DEFAULT_REPLAY_BATCH_EVENTS));
+    this.initialRetryMs = Math.max(1, options.initialRetryMs ?? DEFAULT_INITIAL_RETRY_MS);
+    this.maxRetryMs = Math.max(this.initialRetryMs, options.maxRetryMs ?? DEFAULT_MAX_RETRY_MS);
+    this.primaryTimeoutMs = options.primaryTimeoutMs ?? DEFAULT_PRIMARY_TIMEOUT_MS;
+    this.onReplayed = options.onReplayed;
+    this.retryDelayMs = this.initialRetryMs;
+  }
+
+  /**
+   * Creates the sink and replays what a previous process left in the spool (see {@link start}).
+   * @example const sink = await SpoolingEventSink.open({ primary: new FileEventSink({ dataDir }), dataDir });
+   */
+  static async open<Primary extends EventSink>(options: SpoolingEventSinkOptions<Primary>): Promise<SpoolingEventSink<Primary>> {
+    const sink = new SpoolingEventSink(options);
+    await sink.start();
+    return sink;
+  }
+
+  /**
+   * Takes over the spool files a previous process left (it crashed, or closed while degraded) and makes one attempt
+   * to replay them, so the log is complete before the caller reads it (e.g. to catch counters up). Never rejects:
+   * when the primary still fails the sink stays degraded and keeps retrying in the background, and new writes are
+   * spooled behind the old ones. Call once, before the first write.
+   */
+  async start(): Promise<void> {
+    if (this.started || this.closing) return;
+    this.started = true;
+    const found = await this.inLane(() => this.takeOverLeftovers());
+    if (found.files === 0) return;
+    this.log.info('event_log_spool_found', { spool: this.spoolDir, files: found.files, events: found.events });
+    this.enterDegraded(null);
+    await this.retryNow();
+  }
+
+  /**
+   * Resolves once the events are durably in the primary log, or in the spool (or, while the spool fails too, held
+   * in memory). Rejects with {@link EventLogOverflowError} only when none of that was possible, after logging each
+   * event whole; and after {@link close}.
+   */
+  write(events: readonly UsageEvent[]): Promise<void> {
+    if (this.closing) return Promise.reject(new Error('The event sink is closed.'));
+    if (events.length === 0) return Promise.resolve();
+    return this.state === 'healthy' ? this.writeDirect(events) : this.accept(events);
+  }
+
+  /**
+   * Waits for the writes in flight: direct writes to the primary (including those that fail over to the spool)
+   * and spool appends, then flushes the primary. Does not wait for a degraded log to be replayed.
+   */
+  async flush(): Promise<void> {
+    while (this.direct.size > 0 || this.appendQueued) {
+      await Promise.allSettled([...this.direct]);
+      await this.lane;
+    }
+    await this.primary.flush?.();
+  }
+
+  /**
+   * Retries the primary now instead of at the next tick of the backoff, replaying everything pending.
+   * @returns true when nothing is pending any more
+   */
+  retryNow(): Promise<boolean> {
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    if (this.retrying !== null) return this.retrying;
+    if (this.closed) return Promise.resolve(this.stats().pending === 0);
+    if (this.state === 'healthy') return Promise.resolve(true);
+    this.retrying = this.replay().finally(() => {
+      this.retrying = null;
+      this.scheduleRetry();
+    });
+    return this.retrying;
+  }
+
+  /**
+   * Stops accepting writes, makes a last replay attempt, then closes the primary. Whatever is still pending stays
+   * in the spool for the next start; events the spool cannot take either are logged whole. Never rejects for
+   * pending events: nothing is dropped silently, and the caller could do no better.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.shutDown();
+    return this.closing;
+  }
+
+  stats(): SpoolingEventSinkStats {
+    let pending = this.incomingEvents;
+    let pendingInMemoryOnly = this.spoolBroken ? this.incomingEvents : 0;
+    let spoolFiles = 0;
+    for (const chunk of this.chunks) {
+      const left = chunk.count - chunk.replayed;
+      pending += left;
+      if (chunk.path === null) pendingInMemoryOnly += left;
+      else spoolFiles++;
+    }
+    return {
+      ...this.counts,
+      state: this.closed ? 'closed' : this.state,
+      pending,
+      pendingInMemoryOnly,
+      heldInMemory: this.heldEvents,
+      spoolFiles,
+      retryDelayMs: this.retryDelayMs,
+    };
+  }
+
+  /**
+   * The earliest `dt` partition that replay may still write to, or null when nothing is pending. Compaction must
+   * leave that day and later ones alone until replay is done: it would otherwise delete a segment replay appends to.
+   */
+  oldestPendingDay(): string | null {
+    let oldest: string | null = null;
+    for (const chunk of this.chunks) if (chunk.oldestDay !== null && (oldest === null || chunk.oldestDay < oldest)) oldest = chunk.oldestDay;
+    for (const write of this.incoming) oldest = oldestDayOf(write.events, oldest);
+    return oldest;
+  }
+
+  // ---- writing -------------------------------------------------------------------------------------------------
+
+  private writeDirect(events: readonly UsageEvent[]): Promise<void> {
+    const attempt = this.writePrimaryWithTimeout(events).then(
+      () => {
+        this.counts.written += events.length;
+      },
+      (error: unknown) => {
+        this.degrade(error);
+        return this.accept(events);
+      },
+    );
+    this.direct.add(attempt);
+    const settled = () => void this.direct.delete(attempt);
+    attempt.then(settled, settled);
+    return attempt;
+  }
+
+  private writePrimaryWithTimeout(events: readonly UsageEvent[]): Promise<void> {
+    let write: Promise<void>;
+    try {
+      // Called synchronously (not after an await): the primary sees writes in the order they were made.
+      write = this.primary.write(events);
+    } catch (error) {
+      write = Promise.reject(error);
+    }
+    const timeoutMs = this.primaryTimeoutMs;
+    if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) return write;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new EventLogTimeoutError(timeoutMs)), timeoutMs);
+      write.then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  /** Queues a degraded write for the spool; it resolves once the spool (or memory) holds its events. */
+  private accept(events: readonly UsageEvent[]): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.incoming.push({ events, resolve, reject });
+      this.incomingEvents += events.length;
+      if (!this.catchingUp || this.incomingEvents > this.maxMemoryEvents) this.scheduleAppend();
+    });
+  }
+
+  private scheduleAppend(): void {
+    if (this.appendQueued) return;
+    this.appendQueued = true;
+    void this.inLane(() => {
+      // Cleared as the append starts: writes arriving during it queue the next one (group commit).
+      this.appendQueued = false;
+      return this.appendIncoming();
+    });
+  }
+
+  /** One group commit of the waiting writes to the spool, or to memory when the spool fails. Never throws. */
+  private async appendIncoming(): Promise<void> {
+    if (this.incoming.length === 0) return;
+    // A retry got through: these go to the primary right after the last chunks (see recover()).
+    if (this.catchingUp && this.incomingEvents <= this.maxMemoryEvents) return;
+    const batch = this.incoming;
+    this.incoming = [];
+    this.incomingEvents = 0;
+    if (!this.spoolBroken) {
+      try {
+        await this.appendToSpool(batch.flatMap((write) => write.events));
+        for (const write of batch) write.resolve();
+        return;
+      } catch (error) {
+        this.breakSpool(error);
+      }
+    }
+    for (const write of batch) this.holdInMemory(write);
+  }
+
+  private async appendToSpool(events: readonly UsageEvent[]): Promise<void> {
+    const data = Buffer.from(events.map((event) => JSON.stringify(event) + '\n').join(''), 'utf8');
+    let chunk = this.current;
+    if (chunk !== null && (chunk.path === null || chunk.file === null || (chunk.bytes > 0 && chunk.bytes + data.length > this.spoolFileBytes))) {
+      await this.seal(chunk);
+      chunk = null;
+    }
+    if (chunk === null) {
+      const created = await this.createSpoolFile();
+      chunk = { path: created.path, file: created.file, events: [], count: 0, bytes: 0, replayed: 0, oldestDay: null, fromPreviousRun: false };
+      this.chunks.push(chunk);
+      this.current = chunk;
+    }
+    try {
+      await writeAll(chunk.file!, data);
+      await chunk.file!.datasync();
+    } catch (error) {
+      // The file may now end in a partial line: never append after it, or the next line would be glued to it.
+      await this.seal(chunk);
+      if (chunk.count === 0) {
+        this.chunks.splice(this.chunks.indexOf(chunk), 1);
+        await unlink(chunk.path!).catch(() => undefined);
+      }
+      throw error;
+    }
+    chunk.bytes += data.length;
+    chunk.count += events.length;
+    chunk.oldestDay = oldestDayOf(events, chunk.oldestDay);
+    this.counts.spooled += events.length;
+    if (chunk.events !== null) {
+      if (this.heldEvents + events.length <= this.maxMemoryEvents) {
+        for (const event of events) chunk.events.push(event);
+        this.heldEvents += events.length;
+      } else {
+        this.release(chunk);
+      }
+    }
+  }
+
+  /** Keeps a write in memory only (the spool failed), or logs it whole when memory is at its bound. */
+  private holdInMemory(write: AcceptedWrite): void {
+    const count = write.events.length;
+    if (!this.makeRoom(count)) {
+      this.logUndelivered(write.events, this.spoolError);
+      write.reject(new EventLogOverflowError(count, this.spoolError));
+      return;
+    }
+    let chunk = this.current;
+    if (chunk === null || chunk.path !== null || chunk.count >= MEMORY_CHUNK_EVENTS) {
+      if (chunk !== null) void this.seal(chunk);
+      chunk = { path: null, file: null, events: [], count: 0, bytes: 0, replayed: 0, oldestDay: null, fromPreviousRun: false };
+      this.chunks.push(chunk);
+      this.current = chunk;
+    }
+    for (const event of write.events) chunk.events!.push(event);
+    chunk.count += count;
+    chunk.oldestDay = oldestDayOf(write.events, chunk.oldestDay);
+    this.heldEvents += count;
+    this.counts.heldInMemoryOnly += count;
+    write.resolve();
+  }
+
+  /** True when `count` more events fit in memory, after letting go of copies the spool files also hold. */
+  private makeRoom(count: number): boolean {
+    // Newest first: the oldest are replayed soonest, and keeping them saves reading their files back.
+    for (let i = this.chunks.length - 1; i >= 0 && this.heldEvents + count > this.maxMemoryEvents; i--) {
+      const chunk = this.chunks[i]!;
+      if (chunk.path !== null) this.release(chunk);
+    }
+    return this.heldEvents + count <= this.maxMemoryEvents;
+  }
+
+  private release(chunk: SpoolChunk): void {
+    if (chunk.events === null) return;
+    this.heldEvents -= chunk.events.length;
+    chunk.events = null;
+  }
+
+  /** Ends appends to a chunk; its file (if any) is closed, already fsync'd by every acknowledged append. */
+  private async seal(chunk: SpoolChunk): Promise<void> {
+    if (this.current === chunk) this.current = null;
+    const file = chunk.file;
+    chunk.file = null;
+    if (file !== null) {
+      await file.close().catch((error: unknown) => {
+        this.log.warn('event_log_spool_close_failed', { error: describeError(error), path: chunk.path });
+      });
+    }
+  }
+
+  private breakSpool(error: unknown): void {
+    this.spoolError = error;
+    if (this.spoolBroken) return;
+    this.spoolBroken = true;
+    this.log.error('event_log_spool_failed', {
+      error: describeError(error),
+      spool: this.spoolDir,
+      held_in_memory: this.heldEvents,
+      max_memory_events: this.maxMemoryEvents,
+    });
+  }
+
+  private logUndelivered(events: readonly UsageEvent[], cause: unknown): void {
+    // Last resort: the log lines can rebuild the events (they hold no secrets or bodies).
+    for (const event of events) {
+      this.log.error('usage_event_undelivered', { error: describeError(cause ?? this.lastError), spool: this.spoolDir, event });
+    }
+    this.counts.undelivered += events.length;
+  }
+
+  // ---- spool files ---------------------------------------------------------------------------------------------
+
+  /** A new, empty spool file whose directory entry is durable. Names sort in creation order. */
+  private async createSpoolFile(): Promise<{ path: string; file: FileHandle }> {
+    const created = await mkdir(this.spoolDir, { recursive: true });
+    if (created !== undefined) {
+      // A new directory entry is only durable once its parent is fsync'd: sync the parent of each directory created.
+      for (let made = this.spoolDir; ; made = dirname(made)) {
+        await syncDirectory(dirname(made));
+        if (made === created || dirname(made) === made) break;
+      }
+    }
+    // Strictly increasing within the process, so replay after a restart keeps the order of acceptance.
+    this.lastFileMs = Math.max(Date.now(), this.lastFileMs + 1);
+    const path = join(this.spoolDir, `spool-${this.lastFileMs}-${process.pid}-${randomBytes(4).toString('hex')}.ndjson`);
+    // 'wx' fails rather than share a file: a spool file has exactly one writer for its whole life.
+    const file = await open(path, 'wx');
+    try {
+      await syncDirectory(this.spoolDir);
+    } catch (error) {
+      await file.close().catch(() => undefined);
+      await unlink(path).catch(() => undefined);
+      throw error;
+    }
+    return { path, file };
+  }
+
+  /** Reads the spool files left by an earlier process into chunks at the head of the queue. Never throws. */
+  private async takeOverLeftovers(): Promise<{ files: number; events: number }> {
+    let names: string[];
+    try {
+      names = (await readdir(this.spoolDir)).filter((name) => name.endsWith('.ndjson')).sort();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.log.error('event_log_spool_unreadable', { error: describeError(error), spool: this.spoolDir });
+      }
+      return { files: 0, events: 0 };
+    }
+    const own = new Set(this.chunks.map((chunk) => chunk.path));
+    const leftovers: SpoolChunk[] = [];
+    let events = 0;
+    for (const name of names) {
+      const path = join(this.spoolDir, name);
+      if (own.has(path)) continue;
+      let read: SpoolFileContents;
+      try {
+        read = await readSpoolFile(path);
+      } catch (error) {
+        // Left where it is: the next start tries again.
+        this.log.error('event_log_spool_file_unreadable', { error: describeError(error), path });
+        continue;
+      }
+      this.noteSkipped(path, read.skipped);
+      if (read.events.length === 0) {
+        await unlink(path).catch(() => undefined);
+        continue;
+      }
+      const keep = this.heldEvents + read.events.length <= this.maxMemoryEvents;
+      if (keep) this.heldEvents += read.events.length;
+      leftovers.push({
+        path,
+        file: null,
+        events: keep ? read.events : null,
+        count: read.events.length,
+        bytes: read.bytes,
+        replayed: 0,
+        oldestDay: oldestDayOf(read.events, null),
+        fromPreviousRun: true,
+      });
+      events += read.events.length;
+    }
+    this.chunks.unshift(...leftovers);
+    return { files: leftovers.length, events };
+  }
+
+  private noteSkipped(path: string, skipped: number): void {
+    if (skipped === 0) return;
+    this.counts.skippedLines += skipped;
+    this.log.warn('skipped incomplete spool lines', { path, lines: skipped });
+  }
+
+  /** Spools the chunks held in memory only, oldest first, once the spool works again. Never throws. */
+  private async respool(): Promise<void> {
+    if (!this.spoolBroken) return;
+    let respooled = 0;
+    for (const chunk of this.chunks) {
+      if (chunk.path !== null) continue;
+      if (this.current === chunk) this.current = null;
+      const remaining = chunk.events!.slice(chunk.replayed);
+      let created: { path: string; file: FileHandle } | null = null;
+      let bytes = 0;
+      try {
+        created = await this.createSpoolFile();
+        const data = Buffer.from(remaining.map((event) => JSON.stringify(event) + '\n').join(''), 'utf8');
+        await writeAll(created.file, data);
+        await created.file.datasync();
+        bytes = data.length;
+      } catch (error) {
+        this.spoolError = error;
+        if (created !== null) {
+          await created.file.close().catch(() => undefined);
+          await unlink(created.path).catch(() => undefined);
+        }
+        return;
+      }
+      await created.file.close().catch(() => undefined);
+      this.heldEvents -= chunk.replayed;
+      chunk.path = created.path;
+      chunk.events = remaining;
+      chunk.count = remaining.length;
+      chunk.bytes = bytes;
+      chunk.replayed = 0;
+      this.counts.spooled += remaining.length;
+      respooled += remaining.length;
+    }
+    this.spoolBroken = false;
+    this.spoolError = null;
+    this.log.info('event_log_spool_recovered', { spool: this.spoolDir, respooled });
+  }
+
+  // ---- degraded state and replay -------------------------------------------------------------------------------
+
+  /** A direct write failed: from now on writes go to the spool until a retry gets through. */
+  private degrade(error: unknown): void {
+    this.lastError = error;
+    if (this.state === 'degraded') return;
+    this.enterDegraded(error);
+  }
+
+  private enterDegraded(error: unknown): void {
+    if (this.state === 'degraded') return;
+    this.state = 'degraded';
+    this.counts.outages++;
+    this.lastReminderAt = Date.now();
+    this.outage = {
+      since: Date.now(),
+      spooled: this.counts.spooled,
+      heldInMemoryOnly: this.counts.heldInMemoryOnly,
+      replayed: this.counts.replayed,
+      undelivered: this.counts.undelivered,
+      failedRetries: this.counts.failedRetries,
+      logged: false,
+    };
+    if (error !== null) this.logDegraded(error);
+    this.scheduleRetry();
+  }
+
+  private logDegraded(error: unknown): void {
+    if (this.outage === null || this.outage.logged) return;
+    this.outage.logged = true;
+    this.log.error('event_log_degraded', {
+      error: describeError(error),
+      spool: this.spoolDir,
+      pending: this.stats().pending,
+      retry_ms: this.retryDelayMs,
+    });
+  }
+
+  private scheduleRetry(): void {
+    if (this.closing || this.state !== 'degraded' || this.retryTimer !== null || this.retrying !== null) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      void this.retryNow();
+    }, this.retryDelayMs);
+    // Everything the timer would replay is spooled or is close()'s business: it must not keep a process alive.
+    this.retryTimer.unref();
+  }
+
+  /** Replays every pending chunk into the primary, oldest first; true when nothing is left. Never rejects. */
+  private async replay(): Promise<boolean> {
+    try {
+      for (;;) {
+        const chunk = await this.inLane(() => this.sealHead());
+        if (chunk === null) {
+          // An append in flight becomes a chunk when it ends; wait for it rather than declare the spool empty.
+          if (this.appendQueued) {
+            await this.lane;
+            continue;
+          }
+          if (this.chunks.length > 0) continue;
+          break;
+        }
+        await this.replayChunk(chunk);
+        this.catchingUp = true;
+        await this.inLane(() => this.dropChunk(chunk));
+      }
+    } catch (error) {
+      await this.retryFailed(error);
+      return false;
+    }
+    // Synchronous from the emptiness check on: no write can slip in between.
+    this.recover();
+    return true;
+  }
+
+  /** The oldest pending chunk, sealed so nothing more is appended to it while it is replayed. */
+  private async sealHead(): Promise<SpoolChunk | null> {
+    const head = this.chunks[0];
+    if (head === undefined) return null;
+    if (this.current === head) await this.seal(head);
+    return head;
+  }
+
+  private async replayChunk(chunk: SpoolChunk): Promise<void> {
+    let events = chunk.events;
+    if (events === null) {
+      let read: SpoolFileContents;
+      try {
+        read = await readSpoolFile(chunk.path!);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+        // Deleted behind the sink's back: nothing can bring these back, say so once and move on.
+        const lost = chunk.count - chunk.replayed;
+        this.counts.lost += lost;
+        this.log.error('event_log_spool_file_lost', { path: chunk.path, events: lost });
+        return;
+      }
+      events = read.events;
+    }
+    while (chunk.replayed < events.length) {
+      const batch = events.slice(chunk.replayed, chunk.replayed + this.replayBatchEvents);
+      await this.primary.write(batch);
+      chunk.replayed += batch.length;
+      this.counts.replayed += batch.length;
+      if (chunk.fromPreviousRun) this.counts.replayedFromPreviousRun += batch.length;
+      this.notifyReplayed(batch);
+    }
+  }
+
+  /** Forgets a chunk whose every event is durably in the primary, deleting its spool file. Never throws. */
+  private async dropChunk(chunk: SpoolChunk): Promise<void> {
+    const index = this.chunks.indexOf(chunk);
+    if (index >= 0) this.chunks.splice(index, 1);
+    this.release(chunk);
+    if (chunk.path === null) return;
+    try {
+      await unlink(chunk.path);
+      // Not strictly needed (a file that reappears after a crash is replayed again and deduplicated by readers),
+      // but it keeps such duplicates rare.
+      await syncDirectory(this.spoolDir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      // Its events are in the log; replaying the file again at the next start only adds copies readers drop.
+      this.log.warn('event_log_spool_file_not_removed', { error: describeError(error), path: chunk.path });
+    }
+  }
+
+  private notifyReplayed(events: readonly UsageEvent[]): void {
+    const onReplayed = this.onReplayed;
+    if (onReplayed === undefined) return;
+    const notification = Promise.resolve()
+      .then(() => onReplayed(events))
+      .catch((error: unknown) => {
+        this.log.error('event_log_replay_notification_failed', { error: describeError(error), events: events.length });
+      });
+    this.notifications.add(notification);
+    void notification.then(() => this.notifications.delete(notification));
+  }
+
+  private async retryFailed(error: unknown): Promise<void> {
+    this.lastError = error;
+    this.catchingUp = false;
+    this.counts.failedRetries++;
+    // Writes that waited for the catch-up go to the spool after all.
+    if (this.incoming.length > 0) this.scheduleAppend();
+    if (this.spoolBroken) await this.inLane(() => this.respool());
+    this.logDegraded(error);
+    this.retryDelayMs = Math.min(this.maxRetryMs, this.retryDelayMs * 2);
+    const now = Date.now();
+    if (now - this.lastReminderAt >= DEGRADED_REMINDER_MS) {
+      this.lastReminderAt = now;
+      const stats = this.stats();
+      this.log.warn('event_log_still_degraded', {
+        error: describeError(error),
+        since: this.outage === null ? undefined : new Date(this.outage.since).toISOString(),
+        pending: stats.pending,
+        pending_in_memory_only: stats.pendingInMemoryOnly,
+        spool_files: stats.spoolFiles,
+      });
+    } else {
+      this.log.debug('event_log_retry_failed', { error: describeError(error), next_retry_ms: this.retryDelayMs });
+    }
+  }
+
+  /** Everything pending is in the primary: back to direct writes, the waiting ones first, in order. */
+  private recover(): void {
+    const waiting = this.incoming;
+    this.incoming = [];
+    this.incomingEvents = 0;
+    this.state = 'healthy';
+    this.catchingUp = false;
+    this.spoolBroken = false;
+    this.spoolError = null;
+    this.retryDelayMs = this.initialRetryMs;
+    const outage = this.outage;
+    this.outage = null;
+    if (outage !== null) {
+      this.log.info('event_log_recovered', {
+        outage_ms: Date.now() - outage.since,
+        replayed: this.counts.replayed - outage.replayed,
+        spooled: this.counts.spooled - outage.spooled,
+        held_in_memory_only: this.counts.heldInMemoryOnly - outage.heldInMemoryOnly,
+        undelivered: this.counts.undelivered - outage.undelivered,
+        failed_retries: this.counts.failedRetries - outage.failedRetries,
+      });
+    }
+    // primary.write is called synchronously for each, so they keep their order ahead of any later write.
+    for (const write of waiting) this.writeDirect(write.events).then(write.resolve, write.reject);
+  }
+
+  private async shutDown(): Promise<void> {
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    if (this.retrying !== null) await this.retrying;
+    await this.settleWrites();
+    if (this.state === 'degraded') {
+      await this.retryNow();
+      await this.settleWrites();
+    }
+    if (this.spoolBroken) await this.inLane(() => this.respool());
+    await this.inLane(async () => {
+      for (const chunk of this.chunks) {
+        if (chunk.path !== null) continue;
+        this.logUndelivered(chunk.events!.slice(chunk.replayed), this.spoolError);
+        this.release(chunk);
+      }
+      this.chunks = this.chunks.filter((chunk) => chunk.path !== null);
+      if (this.current !== null) await this.seal(this.current);
+    });
+    const left = this.stats();
+    if (left.pending > 0) {
+      this.log.warn('event_log_spool_left', { spool: this.spoolDir, files: left.spoolFiles, events: left.pending });
+    }
+    await Promise.allSettled([...this.notifications]);
+    this.closed = true;
+    await this.primary.close?.();
+  }
+
+  /** Waits until no direct write, spool append or catch-up hand-over is in flight. */
+  private async settleWrites(): Promise<void> {
+    while (this.direct.size > 0 || this.appendQueued || this.incoming.length > 0) {
+      if (this.incoming.length > 0 && !this.appendQueued) this.scheduleAppend();
+      await Promise.allSettled([...this.direct]);
+      await this.lane;
+    }
+  }
+
+  private inLane<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.lane.then(task);
+    this.lane = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+}
+
+interface SpoolFileContents {
+  readonly events: UsageEvent[];
+  readonly bytes: number;
+  /** Non-empty lines that were not complete events. */
+  readonly skipped: number;
+}
+
+/** Reads a spool file, skipping lines that are not complete events (the torn last line of a crashed writer). */
+async function readSpoolFile(path: string): Promise<SpoolFileContents> {
+  const events: UsageEvent[] = [];
+  let bytes = 0;
+  let skipped = 0;
+  const input = createReadStream(path);
+  const lines = createInterface({ input, crlfDelay: Infinity });
+  try {
+    for await (const line of lines) {
+      bytes += Buffer.byteLength(line, 'utf8') + 1;
+      const event = parseEventLine(line);
+      if (event !== null) events.push(event);
+      else if (line.trim() !== '') skipped++;
+    }
+  } finally {
+    lines.close();
+    input.destroy();
+  }
+  return { events, bytes, skipped };
+}
+
+function oldestDayOf(events: readonly UsageEvent[], oldest: string | null): string | null {
+  for (const event of events) {
+    const day = eventDate(event);
+    if (oldest === null || day < oldest) oldest = day;
+  }
+  return oldest;
+}
+
+async function writeAll(file: FileHandle, data: Buffer): Promise<void> {
+  let offset = 0;
+  while (offset < data.length) {
+    const { bytesWritten } = await file.write(data, offset, data.length - offset);
+    offset += bytesWritten;
+  }
+}
+
+async function syncDirectory(path: string): Promise<void> {
+  const dir = await open(path, 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}

@@ -1,0 +1,428 @@
+/**
+ * The spooling event log on real files: the events directory broken by replacing it with a regular file (root
+ * ignores permissions), the spool broken the same way, and a primary that fails or hangs on demand where a test
+ * needs to count or stall attempts.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger } from '../../lambda/core/log';
+import type { EventSink } from '../../lambda/core/ports';
+import type { UsageEvent } from '../../lambda/core/usage-event';
+import { listEventFiles, readEvents } from '../../lambda/local/event-files';
+import { FileEventSink } from '../../lambda/local/file-event-sink';
+import { EventLogOverflowError, SpoolingEventSink, type SpoolingEventSinkOptions } from '../../lambda/local/spooling-event-sink';
+import { sampleEvent } from '../support/usage-events';
+
+interface LogLine {
+  readonly level: string;
+  readonly message: string;
+  readonly [field: string]: unknown;
+}
+
+function capturingLog(): { log: ReturnType<typeof createLogger>; lines: LogLine[]; named: (message: string) => LogLine[] } {
+  const lines: LogLine[] = [];
+  return {
+    log: createLogger('debug', (line) => lines.push(JSON.parse(line) as LogLine)),
+    lines,
+    named: (message) => lines.filter((line) => line.message === message),
+  };
+}
+
+/** Events `prefix-0000`… one second apart from `start`, so a run can span midnight. */
+function eventsFrom(prefix: string, count: number, start = '2026-11-22T10:00:00.000Z'): UsageEvent[] {
+  const t0 = Date.parse(start);
+  return Array.from({ length: count }, (_, i) =>
+    sampleEvent({ request_id: `${prefix}-${String(i).padStart(5, '0')}`, ts: new Date(t0 + i * 1000).toISOString(), user_id: `user-${i % 7}` }),
+  );
+}
+
+async function logged(dataDir: string): Promise<UsageEvent[]> {
+  const out: UsageEvent[] = [];
+  for await (const event of readEvents(dataDir)) out.push(event);
+  return out;
+}
+
+async function spoolFiles(dataDir: string): Promise<string[]> {
+  try {
+    return (await readdir(join(dataDir, 'spool'))).filter((name) => name.endsWith('.ndjson')).sort();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
+  }
+}
+
+async function spooledIds(dataDir: string): Promise<string[]> {
+  const ids: string[] = [];
+  for (const name of await spoolFiles(dataDir)) {
+    for (const line of (await readFile(join(dataDir, 'spool', name), 'utf8')).split('\n')) {
+      if (line !== '') ids.push((JSON.parse(line) as UsageEvent).request_id);
+    }
+  }
+  return ids;
+}
+
+const ids = (events: readonly UsageEvent[]) => events.map((event) => event.request_id);
+
+/** Replaces a directory path with a regular file: every mkdir/open under it fails, even for root. */
+async function breakPath(path: string): Promise<void> {
+  await rm(path, { recursive: true, force: true });
+  await writeFile(path, 'not a directory\n');
+}
+
+async function repairPath(path: string): Promise<void> {
+  await rm(path, { force: true });
+}
+
+/** Polls until `condition` holds; the deadline only keeps a broken build from hanging the run. */
+async function waitFor(condition: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A primary that fails or stalls on demand, in front of a real file sink; counts the writes it is given. */
+class SwitchablePrimary implements EventSink {
+  failing = false;
+  stalling = false;
+  calls = 0;
+  private readonly stalled: (() => void)[] = [];
+
+  constructor(readonly inner: FileEventSink) {}
+
+  write(events: readonly UsageEvent[]): Promise<void> {
+    this.calls++;
+    if (this.failing) return Promise.reject(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
+    if (this.stalling) return new Promise<void>((resolve) => this.stalled.push(resolve)).then(() => this.inner.write(events));
+    return this.inner.write(events);
+  }
+
+  /** Lets every stalled write through to the file sink. */
+  unstall(): void {
+    this.stalling = false;
+    for (const go of this.stalled.splice(0)) go();
+  }
+
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+describe('SpoolingEventSink', () => {
+  let root: string;
+  let n = 0;
+  const freshDir = async () => {
+    const dir = join(root, `data-${++n}`);
+    await mkdir(dir, { recursive: true });
+    return dir;
+  };
+  const open = (dataDir: string, options: Partial<SpoolingEventSinkOptions<FileEventSink>> = {}) =>
+    SpoolingEventSink.open({ primary: new FileEventSink({ dataDir }), dataDir, ...options });
+
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), 'spooling-event-sink-'));
+  });
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it('writes straight to the event log while it works, and flush waits for writes in flight', async () => {
+    const dataDir = await freshDir();
+    const sink = await open(dataDir);
+    const events = eventsFrom('ok', 3);
+    const writes = events.map((event) => sink.write([event]));
+    await sink.flush();
+    assert.deepEqual(ids(await logged(dataDir)), ids(events));
+    await Promise.all(writes);
+    assert.equal(sink.stats().written, 3);
+    assert.equal(sink.stats().state, 'healthy');
+    assert.deepEqual(await spoolFiles(dataDir), [], 'no spool without an outage');
+    await sink.close();
+  });
+
+  it('accepts writes while the events directory is broken, spools them durably, and replays them in order into their own days', async () => {
+    const dataDir = await freshDir();
+    const { log, named } = capturingLog();
+    const replayedToHook: string[] = [];
+    // A long backoff: nothing retries until the test says so.
+    const sink = await open(dataDir, { log, initialRetryMs: 3_600_000, onReplayed: (events) => void replayedToHook.push(...ids(events)) });
+    await breakPath(join(dataDir, 'events'));
+
+    // Spanning midnight: the first 25 belong to 2026-11-21, the rest to 2026-11-22.
+    const events = eventsFrom('outage', 50, '2026-11-21T23:59:35.000Z');
+    await Promise.all(events.map((event) => sink.write([event])));
+
+    let stats = sink.stats();
+    assert.equal(stats.state, 'degraded');
+    assert.equal(stats.spooled, 50);
+    assert.equal(stats.pending, 50);
+    assert.equal(stats.pendingInMemoryOnly, 0);
+    assert.equal(stats.written, 0);
+    assert.deepEqual(await spooledIds(dataDir), ids(events), 'the spool holds every event, in order');
+    assert.equal(sink.oldestPendingDay(), '2026-11-21');
+    assert.equal(named('event_log_degraded').length, 1, 'the outage is logged once, not per event');
+
+    await repairPath(join(dataDir, 'events'));
+    assert.equal(await sink.retryNow(), true);
+
+    const inLog = await logged(dataDir);
+    assert.deepEqual(ids(inLog), ids(events), 'every event once, in order');
+    const days = (await listEventFiles(dataDir)).map((file) => file.dt);
+    assert.deepEqual([...new Set(days)], ['2026-11-21', '2026-11-22']);
+    const firstDay = [];
+    for await (const event of readEvents(dataDir, { from: '2026-11-21', to: '2026-11-21' })) firstDay.push(event.request_id);
+    assert.deepEqual(firstDay, ids(events.slice(0, 25)), 'events keep the partition of their own day');
+    assert.deepEqual(await spoolFiles(dataDir), [], 'the spool is emptied');
+    assert.deepEqual(replayedToHook, ids(events), 'onReplayed hears of each replayed event once');
+
+    stats = sink.stats();
+    assert.equal(stats.state, 'healthy');
+    assert.equal(stats.replayed, 50);
+    assert.equal(stats.pending, 0);
+    assert.equal(sink.oldestPendingDay(), null);
+    const recovered = named('event_log_recovered');
+    assert.equal(recovered.length, 1);
+    assert.equal(recovered[0]!.replayed, 50);
+    assert.equal(recovered[0]!.spooled, 50);
+
+    const after = eventsFrom('after', 1, '2026-11-22T12:00:00.000Z');
+    await sink.write(after);
+    assert.equal(sink.stats().written, 1, 'back to direct writes');
+    await sink.close();
+    assert.deepEqual(ids(await logged(dataDir)), [...ids(events), ...ids(after)]);
+  });
+
+  it('does not try the failing event log again for each write while degraded', async () => {
+    const dataDir = await freshDir();
+    const primary = new SwitchablePrimary(new FileEventSink({ dataDir }));
+    const sink = await SpoolingEventSink.open({ primary, dataDir, initialRetryMs: 3_600_000 });
+    primary.failing = true;
+    const events = eventsFrom('skip', 101);
+    await sink.write(events.slice(0, 1));
+    assert.equal(primary.calls, 1);
+    await Promise.all(events.slice(1).map((event) => sink.write([event])));
+    assert.equal(primary.calls, 1, 'writes went straight to the spool');
+    assert.equal(sink.stats().spooled, 101);
+
+    primary.failing = false;
+    assert.equal(await sink.retryNow(), true);
+    assert.deepEqual(ids(await logged(dataDir)), ids(events));
+    await sink.close();
+  });
+
+  it('rides out an outage of thousands of events with the background retry, reading spool files back past the memory bound', async () => {
+    const dataDir = await freshDir();
+    const { log, named } = capturingLog();
+    const sink = await open(dataDir, {
+      log,
+      maxMemoryEvents: 500,
+      spoolFileBytes: 64 * 1024,
+      replayBatchEvents: 300,
+      initialRetryMs: 5,
+      maxRetryMs: 40,
+    });
+    await breakPath(join(dataDir, 'events'));
+    const events = eventsFrom('bulk', 5000);
+    for (let wave = 0; wave < 10; wave++) {
+      await Promise.all(events.slice(wave * 500, (wave + 1) * 500).map((event) => sink.write([event])));
+    }
+    const during = sink.stats();
+    assert.equal(during.spooled, 5000);
+    assert.equal(during.pending, 5000);
+    assert.ok(during.heldInMemory <= 500, `memory stays within its bound (${during.heldInMemory})`);
+    assert.ok(during.spoolFiles > 1, 'the spool rotates its files');
+    await waitFor(() => sink.stats().failedRetries > 0, 'the background loop has retried');
+
+    await repairPath(join(dataDir, 'events'));
+    await waitFor(() => sink.stats().state === 'healthy', 'the background retry replays the spool');
+
+    const inLog = ids(await logged(dataDir));
+    assert.equal(inLog.length, 5000);
+    assert.deepEqual(inLog, ids(events), 'every event exactly once, in order');
+    assert.deepEqual(await spoolFiles(dataDir), []);
+    assert.equal(sink.stats().replayed, 5000);
+    assert.equal(named('event_log_degraded').length, 1);
+    assert.equal(named('event_log_recovered').length, 1);
+    assert.equal(named('usage_event_undelivered').length, 0);
+    await sink.close();
+  });
+
+  it('recovers under steady traffic and keeps the order writes were made in, across the outage and the catch-up', async () => {
+    const dataDir = await freshDir();
+    const sink = await open(dataDir, { initialRetryMs: 5, maxRetryMs: 20, replayBatchEvents: 50 });
+    await breakPath(join(dataDir, 'events'));
+    const made: string[] = [];
+    let traffic = true;
+    let next = 0;
+    const worker = async () => {
+      while (traffic) {
+        const [event] = eventsFrom(`steady-${String(next++).padStart(6, '0')}`, 1);
+        made.push(event!.request_id);
+        await sink.write([event!]);
+      }
+    };
+    const workers = Array.from({ length: 4 }, () => worker());
+    await waitFor(() => sink.stats().spooled >= 1000, 'a backlog has built up');
+    await repairPath(join(dataDir, 'events'));
+    // Writes never stop: the sink must still find its way back to direct writes.
+    await waitFor(() => sink.stats().state === 'healthy', 'the backlog is replayed while traffic goes on');
+    const writtenAfter = sink.stats().written;
+    await waitFor(() => sink.stats().written > writtenAfter + 100, 'traffic goes straight to the log');
+    traffic = false;
+    await Promise.all(workers);
+    await sink.close();
+    assert.deepEqual(ids(await logged(dataDir)), made, 'the log holds every write once, in the order they were made');
+    assert.deepEqual(await spoolFiles(dataDir), []);
+  });
+
+  it('holds events in memory when the spool fails too, spools them once it can, and replays them when the log is back', async () => {
+    const dataDir = await freshDir();
+    const { log, named } = capturingLog();
+    const sink = await open(dataDir, { log, initialRetryMs: 5, maxRetryMs: 20 });
+    await breakPath(join(dataDir, 'events'));
+    await breakPath(join(dataDir, 'spool'));
+    const events = eventsFrom('mem', 20);
+    await Promise.all(events.map((event) => sink.write([event])));
+
+    const stats = sink.stats();
+    assert.equal(stats.pending, 20);
+    assert.equal(stats.pendingInMemoryOnly, 20);
+    assert.equal(stats.heldInMemoryOnly, 20);
+    assert.equal(stats.spoolFiles, 0);
+    assert.equal(named('event_log_spool_failed').length, 1);
+
+    await repairPath(join(dataDir, 'spool'));
+    await waitFor(() => sink.stats().pendingInMemoryOnly === 0, 'the retry loop spools what memory held');
+    assert.deepEqual(await spooledIds(dataDir), ids(events));
+    assert.equal(sink.stats().state, 'degraded', 'the log itself is still broken');
+
+    await repairPath(join(dataDir, 'events'));
+    await waitFor(() => sink.stats().state === 'healthy', 'the spool is replayed');
+    assert.deepEqual(ids(await logged(dataDir)), ids(events));
+    assert.deepEqual(await spoolFiles(dataDir), []);
+    await sink.close();
+  });
+
+  it('replays the spool files a previous process left at start, skipping a torn last line', async () => {
+    const dataDir = await freshDir();
+    const events = eventsFrom('left', 5);
+    const spool = join(dataDir, 'spool');
+    await mkdir(spool);
+    const lines = (list: readonly UsageEvent[]) => list.map((event) => JSON.stringify(event) + '\n').join('');
+    await writeFile(join(spool, 'spool-1795356187123-4242-00000001.ndjson'), lines(events.slice(0, 3)));
+    await writeFile(join(spool, 'spool-1795356187124-4242-00000002.ndjson'), lines(events.slice(3)));
+    // The process died mid-append: half a line at the end of its last file.
+    await appendFile(join(spool, 'spool-1795356187124-4242-00000002.ndjson'), JSON.stringify(sampleEvent({ request_id: 'torn' })).slice(0, 40));
+
+    const { log, named } = capturingLog();
+    const replayedToHook: string[] = [];
+    const sink = await open(dataDir, { log, onReplayed: (batch) => void replayedToHook.push(...ids(batch)) });
+    assert.deepEqual(ids(await logged(dataDir)), ids(events), 'replayed before open() resolves');
+    assert.deepEqual(await spoolFiles(dataDir), []);
+    const stats = sink.stats();
+    assert.equal(stats.state, 'healthy');
+    assert.equal(stats.replayedFromPreviousRun, 5);
+    assert.equal(stats.skippedLines, 1);
+    assert.equal(named('skipped incomplete spool lines').length, 1);
+    assert.equal(named('event_log_spool_found')[0]?.events, 5);
+    await sink.close();
+    assert.deepEqual(replayedToHook, ids(events));
+  });
+
+  it('closes while degraded with everything spooled; the next start stays degraded until repaired, then replays old before new', async () => {
+    const dataDir = await freshDir();
+    await breakPath(join(dataDir, 'events'));
+    const { log, named } = capturingLog();
+    const first = await open(dataDir, { log, initialRetryMs: 3_600_000 });
+    const old = eventsFrom('old', 30);
+    await Promise.all(old.map((event) => first.write([event])));
+    await first.close();
+    await assert.rejects(first.write(eventsFrom('late', 1)), /closed/);
+    assert.equal(first.stats().state, 'closed');
+    assert.deepEqual(await spooledIds(dataDir), ids(old), 'what was pending stays in the spool');
+    assert.equal(named('event_log_spool_left')[0]?.events, 30);
+    assert.equal(named('usage_event_undelivered').length, 0);
+
+    const second = await open(dataDir, { log, initialRetryMs: 5, maxRetryMs: 20 });
+    assert.equal(second.stats().state, 'degraded', 'the log still fails at start');
+    assert.equal(second.stats().pending, 30);
+    const fresh = eventsFrom('new', 5, '2026-11-22T11:00:00.000Z');
+    await Promise.all(fresh.map((event) => second.write([event])));
+    assert.equal(second.stats().pending, 35);
+
+    await repairPath(join(dataDir, 'events'));
+    await waitFor(() => second.stats().state === 'healthy', 'the leftover spool is replayed');
+    assert.deepEqual(ids(await logged(dataDir)), [...ids(old), ...ids(fresh)]);
+    assert.equal(second.stats().replayedFromPreviousRun, 30);
+    assert.deepEqual(await spoolFiles(dataDir), []);
+    await second.close();
+  });
+
+  it('logs events whole past the memory bound when neither the log nor the spool takes them', async () => {
+    const dataDir = await freshDir();
+    const { log, named } = capturingLog();
+    const sink = await open(dataDir, { log, maxMemoryEvents: 10, initialRetryMs: 3_600_000 });
+    await breakPath(join(dataDir, 'events'));
+    await breakPath(join(dataDir, 'spool'));
+    const events = eventsFrom('bound', 15);
+    for (const event of events.slice(0, 10)) await sink.write([event]);
+    for (const event of events.slice(10)) {
+      await assert.rejects(sink.write([event]), (error: unknown) => {
+        assert.ok(error instanceof EventLogOverflowError);
+        assert.equal(error.eventsLogged, true, 'callers must not log the event again');
+        assert.equal(error.retryable, false);
+        return true;
+      });
+    }
+    const undelivered = named('usage_event_undelivered');
+    assert.deepEqual(undelivered.map((line) => line.event), events.slice(10), 'each event logged whole, once');
+    assert.equal(sink.stats().undelivered, 5);
+    assert.equal(sink.stats().pending, 10);
+
+    await repairPath(join(dataDir, 'events'));
+    await repairPath(join(dataDir, 'spool'));
+    assert.equal(await sink.retryNow(), true);
+    assert.deepEqual(ids(await logged(dataDir)), ids(events.slice(0, 10)));
+    await sink.close();
+  });
+
+  it('logs what only memory holds when closing with neither the log nor the spool working', async () => {
+    const dataDir = await freshDir();
+    const { log, named } = capturingLog();
+    const sink = await open(dataDir, { log, initialRetryMs: 3_600_000 });
+    await breakPath(join(dataDir, 'events'));
+    await breakPath(join(dataDir, 'spool'));
+    const events = eventsFrom('closing', 3);
+    await Promise.all(events.map((event) => sink.write([event])));
+    await sink.close();
+    assert.deepEqual(named('usage_event_undelivered').map((line) => line.event), events);
+    assert.equal(sink.stats().undelivered, 3);
+    assert.equal(sink.stats().pending, 0);
+  });
+
+  it('spools a write the event log does not answer in time, and catches it up once the log answers', async () => {
+    const dataDir = await freshDir();
+    const primary = new SwitchablePrimary(new FileEventSink({ dataDir }));
+    const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 50, initialRetryMs: 3_600_000 });
+    primary.stalling = true;
+    const [event] = eventsFrom('hung', 1);
+    await sink.write([event!]);
+    assert.equal(sink.stats().state, 'degraded');
+    assert.equal(sink.stats().spooled, 1);
+
+    primary.unstall();
+    assert.equal(await sink.retryNow(), true);
+    await sink.close();
+    const copies = ids(await logged(dataDir)).filter((id) => id === event!.request_id);
+    // The stalled write may land too: a second copy, which every reader drops by request_id, never a loss.
+    assert.ok(copies.length >= 1 && copies.length <= 2, `${copies.length} copies`);
+  });
+});
