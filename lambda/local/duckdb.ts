@@ -103,6 +103,35 @@ function release(key: string | null, shared: SharedInstance): void {
   shared.instance.closeSync();
 }
 
+/**
+ * DuckDB's async calls each hold a thread of libuv's pool (4 by default) for as long as the statement runs: a
+ * history scan, a COMMIT waiting for its fsync. The same pool serves the event log's writes and fsyncs and the DNS
+ * lookups of upstream requests, and with every thread taken by DuckDB those wait, for seconds under load. So at
+ * most the pool's size less two DuckDB calls run at once, process-wide; the rest queue here, in order.
+ */
+class PoolGate {
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  async run<T>(call: () => Promise<T>): Promise<T> {
+    if (this.running >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else this.running++;
+    try {
+      return await call();
+    } finally {
+      const next = this.waiting.shift();
+      // The slot passes straight to the next waiter, so a newcomer cannot overtake the queue.
+      if (next !== undefined) next();
+      else this.running--;
+    }
+  }
+}
+
+const LIBUV_POOL_SIZE = Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10) || 4;
+const duckDbCalls = new PoolGate(Math.max(1, LIBUV_POOL_SIZE - 2));
+
 /** Prepared statements a session keeps for reuse, least recently used dropped first. */
 const PREPARED_STATEMENTS_KEPT = 64;
 
@@ -177,14 +206,15 @@ class Session implements DuckDbSession {
     let statement = this.prepared.get(sql);
     if (statement === undefined) {
       // prepare() takes exactly one statement: text after a `;` is an error, never a second statement.
-      statement = await this.connection.prepare(sql);
+      statement = await duckDbCalls.run(() => this.connection.prepare(sql));
     } else {
       this.prepared.delete(sql); // re-inserted below as the most recently used
     }
     try {
       statement.clearBindings();
       if (params.length > 0) statement.bind(params as DuckDBValue[]);
-      const reader = await statement.runAndReadAll();
+      const prepared = statement;
+      const reader = await duckDbCalls.run(() => prepared.runAndReadAll());
       const rows = reader.getRowObjectsJS().map(toPlainRow);
       if (!this.reusePrepared) {
         statement.destroySync();

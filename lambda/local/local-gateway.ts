@@ -102,7 +102,7 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
     limiter: createLimiter({ store: limits, config: limitsConfig, log }),
     tokenCounter: lazyTokenCounter(async () => (await import('../tokenizer')).o200kCounter),
     log,
-    fetch: options.fetch ?? createUpstreamClient(),
+    fetch: options.fetch ?? createUpstreamClient({ log }),
   });
   const metrics = createMetricsApi({ counters, metricsKeys: new StaticKeyStore(config.metricsKeys), log, storedUserId: userIdPolicy({ hashSecret: config.userIdHashSecret }).stored, routes: [...limitRoutes({ store: limits, config: limitsConfig }), ...historyRoutes({ history, log })] });
   return {

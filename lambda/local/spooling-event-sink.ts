@@ -29,9 +29,16 @@
  * - **Catching up without a gap.** When a retry gets through, new writes wait (in memory, not spooled) while the last
  *   spool files are replayed, then go to the primary right behind them. Under steady traffic the spool would
  *   otherwise never be empty at the instant the loop looks.
+ * - **A write that outlives its timeout is not written twice.** A direct write the primary has not answered within
+ *   {@link SpoolingEventSinkOptions.primaryTimeoutMs} is usually a slow disk, not a failed one: the write is still
+ *   queued in the primary and lands later. So its events are spooled (the caller is answered, and they survive a
+ *   crash while the write hangs) but stay tied to that attempt: replay does not pass a spool file holding them until
+ *   the attempt has settled, skips them if it landed, and replays them only if it failed. Spooling them only once the
+ *   attempt failed would be exact, but would lose them if the process died while the disk hung.
  * - **At least once, never lost.** A spool file is deleted only after every event in it is durably (fsync'd) in the
  *   primary log. A crash between the two replays the file again on the next start, so the log may hold a request
- *   twice; every reader (history queries, compaction, catch-up, reconcile) deduplicates by `request_id`.
+ *   twice (as it may after a crash while a timed-out write was in flight); every reader (history queries,
+ *   compaction, catch-up, reconcile) deduplicates by `request_id`. Without a crash, each event is in the log once.
  * - **Counting replayed events.** Live counters are recorded from the in-process event, independently of this sink;
  *   an event that was only spooled when the gateway died may have missed its counter transaction, and the start-up
  *   catch-up reads only the log. {@link SpoolingEventSinkOptions.onReplayed} hands every replayed batch to the owner
@@ -76,9 +83,13 @@ export interface SpoolingEventSinkOptions<Primary extends EventSink = EventSink>
   /** Longest wait between two retries. @default 5000 */
   readonly maxRetryMs?: number;
   /**
-   * A direct write the primary has not answered in this time is spooled and the sink degrades, so a hung disk
-   * does not pile up waiting writes. Its events may then reach the log twice, which readers deduplicate.
-   * @default 10000
+   * A direct write the primary has not answered in this time is spooled and the sink degrades, so a hung disk does
+   * not pile up waiting writes and their callers. The write itself is not abandoned: if it lands later its spooled
+   * copy is dropped instead of replayed (see the class comment), so a timeout costs a spool round trip, not a
+   * duplicate. It is still a false alarm on a disk that is only slow, so the default is well above the few seconds
+   * an fsync'd group commit can take on a loaded machine (journal commits behind writeback, file system work queued
+   * behind other work in libuv's thread pool), while a hung mount still degrades within half a minute.
+   * @default 30000
    */
   readonly primaryTimeoutMs?: number;
   /**
@@ -95,6 +106,11 @@ export interface SpoolingEventSinkStats {
   readonly state: 'healthy' | 'degraded' | 'closed';
   /** Events written straight to the primary. */
   readonly written: number;
+  /**
+   * Of {@link written}: events whose direct write answered only after `primaryTimeoutMs`, so they were spooled as
+   * well; their spooled copies are dropped, not replayed.
+   */
+  readonly writtenLate: number;
   /** Events appended (fsync'd) to spool files. */
   readonly spooled: number;
   /** Events accepted into memory only, because the spool failed as well. */
@@ -141,11 +157,34 @@ export class EventLogOverflowError extends InternalError {
   }
 }
 
-/** The primary did not answer a write in time; the write was spooled instead. */
+/**
+ * The primary did not answer a write in time: the sink degraded and spooled the write's events, which are replayed
+ * only if the write then fails. Logged as the cause of `event_log_degraded`; never handed to a caller.
+ */
 export class EventLogTimeoutError extends InternalError {
   constructor(readonly timeoutMs: number) {
     super('event_log_timeout', `The event log did not answer a write within ${timeoutMs} ms.`);
   }
+}
+
+/**
+ * A direct write to the primary that was not answered within `primaryTimeoutMs`, and is still owed an answer. Its
+ * events are spooled as well, tied to it (see {@link Tie}) until it settles.
+ */
+interface LateAttempt {
+  outcome: 'in-flight' | 'landed' | 'failed';
+  /** Resolves (never rejects) once the primary has answered the write. */
+  readonly settled: Promise<void>;
+}
+
+/**
+ * Events of a chunk, `count` of them from index `from`, that a {@link LateAttempt} may still land in the primary:
+ * replay waits for the attempt, then skips them if it landed and replays them if it failed.
+ */
+interface Tie {
+  from: number;
+  readonly count: number;
+  readonly attempt: LateAttempt;
 }
 
 /** A run of accepted events in acceptance order: one spool file, or (while the spool fails) memory only. */
@@ -163,16 +202,21 @@ interface SpoolChunk {
   /** Earliest `dt` partition among the chunk's events. */
   oldestDay: string | null;
   readonly fromPreviousRun: boolean;
+  /** Runs of events a timed-out direct write may still land, by index, in order. */
+  ties: Tie[];
 }
 
 interface AcceptedWrite {
   readonly events: readonly UsageEvent[];
+  /** Set when these events are a timed-out direct write's, which may still land them. */
+  readonly attempt: LateAttempt | null;
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
 }
 
 interface Outage {
   readonly since: number;
+  readonly writtenLate: number;
   readonly spooled: number;
   readonly heldInMemoryOnly: number;
   readonly replayed: number;
@@ -186,7 +230,7 @@ const DEFAULT_SPOOL_FILE_BYTES = 4 * 1024 * 1024;
 const DEFAULT_REPLAY_BATCH_EVENTS = 2_000;
 const DEFAULT_INITIAL_RETRY_MS = 100;
 const DEFAULT_MAX_RETRY_MS = 5_000;
-const DEFAULT_PRIMARY_TIMEOUT_MS = 10_000;
+const DEFAULT_PRIMARY_TIMEOUT_MS = 30_000;
 /** A memory-only chunk is closed at this many events, so a repaired spool gets files of a sensible size. */
 const MEMORY_CHUNK_EVENTS = 5_000;
 /** While degraded, a reminder with the backlog at most this often (state changes are logged when they happen). */
@@ -244,6 +288,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   private readonly notifications = new Set<Promise<void>>();
   private readonly counts = {
     written: 0,
+    writtenLate: 0,
     spooled: 0,
     heldInMemoryOnly: 0,
     replayed: 0,
@@ -319,7 +364,8 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   }
 
   /**
-   * Retries the primary now instead of at the next tick of the backoff, replaying everything pending.
+   * Retries the primary now instead of at the next tick of the backoff, replaying everything pending. Spooled events
+   * of a timed-out write still in flight are not replayed ahead of it: the retry waits for the write to settle.
    * @returns true when nothing is pending any more
    */
   retryNow(): Promise<boolean> {
@@ -338,7 +384,8 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   /**
    * Stops accepting writes, makes a last replay attempt, then closes the primary. Whatever is still pending stays
    * in the spool for the next start; events the spool cannot take either are logged whole. Never rejects for
-   * pending events: nothing is dropped silently, and the caller could do no better.
+   * pending events: nothing is dropped silently, and the caller could do no better. A timed-out write still in
+   * flight is waited for (closing the primary would wait for it too), so its events are not replayed twice.
    */
   close(): Promise<void> {
     this.closing ??= this.shutDown();
@@ -350,7 +397,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     let pendingInMemoryOnly = this.spoolBroken ? this.incomingEvents : 0;
     let spoolFiles = 0;
     for (const chunk of this.chunks) {
-      const left = chunk.count - chunk.replayed;
+      const left = chunk.count - chunk.replayed - landedAhead(chunk);
       pending += left;
       if (chunk.path === null) pendingInMemoryOnly += left;
       else spoolFiles++;
@@ -380,9 +427,21 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   // ---- writing -------------------------------------------------------------------------------------------------
 
   private writeDirect(events: readonly UsageEvent[]): Promise<void> {
-    const attempt = this.writePrimaryWithTimeout(events).then(
-      () => {
-        this.counts.written += events.length;
+    let write: Promise<void>;
+    try {
+      // Called synchronously (not after an await): the primary sees writes in the order they were made.
+      write = this.primary.write(events);
+    } catch (error) {
+      write = Promise.reject(error);
+    }
+    const attempt = this.answeredInTime(write).then(
+      (inTime) => {
+        if (inTime) {
+          this.counts.written += events.length;
+          return;
+        }
+        this.degrade(new EventLogTimeoutError(this.primaryTimeoutMs));
+        return this.accept(events, this.lateAttempt(write, events.length));
       },
       (error: unknown) => {
         this.degrade(error);
@@ -395,22 +454,16 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     return attempt;
   }
 
-  private writePrimaryWithTimeout(events: readonly UsageEvent[]): Promise<void> {
-    let write: Promise<void>;
-    try {
-      // Called synchronously (not after an await): the primary sees writes in the order they were made.
-      write = this.primary.write(events);
-    } catch (error) {
-      write = Promise.reject(error);
-    }
+  /** Resolves true when `write` lands within `primaryTimeoutMs`, false when it is still in flight then; rejects if it fails in time. */
+  private answeredInTime(write: Promise<void>): Promise<boolean> {
     const timeoutMs = this.primaryTimeoutMs;
-    if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) return write;
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new EventLogTimeoutError(timeoutMs)), timeoutMs);
+    if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) return write.then(() => true);
+    return new Promise<boolean>((resolve, reject) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
       write.then(
         () => {
           clearTimeout(timer);
-          resolve();
+          resolve(true);
         },
         (error: unknown) => {
           clearTimeout(timer);
@@ -420,10 +473,27 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     });
   }
 
+  /** Follows a timed-out write to its end: if it lands, its events are in the log and count as written. */
+  private lateAttempt(write: Promise<void>, count: number): LateAttempt {
+    const attempt: { outcome: LateAttempt['outcome']; settled: Promise<void> } = { outcome: 'in-flight', settled: Promise.resolve() };
+    attempt.settled = write.then(
+      () => {
+        attempt.outcome = 'landed';
+        this.counts.written += count;
+        this.counts.writtenLate += count;
+      },
+      (error: unknown) => {
+        attempt.outcome = 'failed';
+        this.lastError = error;
+      },
+    );
+    return attempt;
+  }
+
   /** Queues a degraded write for the spool; it resolves once the spool (or memory) holds its events. */
-  private accept(events: readonly UsageEvent[]): Promise<void> {
+  private accept(events: readonly UsageEvent[], attempt: LateAttempt | null = null): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.incoming.push({ events, resolve, reject });
+      this.incoming.push({ events, attempt, resolve, reject });
       this.incomingEvents += events.length;
       if (!this.catchingUp || this.incomingEvents > this.maxMemoryEvents) this.scheduleAppend();
     });
@@ -444,12 +514,24 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     if (this.incoming.length === 0) return;
     // A retry got through: these go to the primary right after the last chunks (see recover()).
     if (this.catchingUp && this.incomingEvents <= this.maxMemoryEvents) return;
-    const batch = this.incoming;
+    const batch: AcceptedWrite[] = [];
+    for (const write of this.incoming) {
+      // A timed-out write that has landed meanwhile is done: spooling it would only make a copy to drop.
+      if (write.attempt?.outcome === 'landed') write.resolve();
+      else batch.push(write);
+    }
     this.incoming = [];
     this.incomingEvents = 0;
+    if (batch.length === 0) return;
     if (!this.spoolBroken) {
+      const events: UsageEvent[] = [];
+      const ties: Tie[] = [];
+      for (const write of batch) {
+        if (write.attempt?.outcome === 'in-flight') ties.push({ from: events.length, count: write.events.length, attempt: write.attempt });
+        for (const event of write.events) events.push(event);
+      }
       try {
-        await this.appendToSpool(batch.flatMap((write) => write.events));
+        await this.appendToSpool(events, ties);
         for (const write of batch) write.resolve();
         return;
       } catch (error) {
@@ -459,7 +541,8 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     for (const write of batch) this.holdInMemory(write);
   }
 
-  private async appendToSpool(events: readonly UsageEvent[]): Promise<void> {
+  /** Appends events to the current spool file, with `ties` indexed from the first of `events`. */
+  private async appendToSpool(events: readonly UsageEvent[], ties: readonly Tie[] = []): Promise<void> {
     const data = Buffer.from(events.map((event) => JSON.stringify(event) + '\n').join(''), 'utf8');
     let chunk = this.current;
     if (chunk !== null && (chunk.path === null || chunk.file === null || (chunk.bytes > 0 && chunk.bytes + data.length > this.spoolFileBytes))) {
@@ -468,7 +551,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     }
     if (chunk === null) {
       const created = await this.createSpoolFile();
-      chunk = { path: created.path, file: created.file, events: [], count: 0, bytes: 0, replayed: 0, oldestDay: null, fromPreviousRun: false };
+      chunk = { path: created.path, file: created.file, events: [], count: 0, bytes: 0, replayed: 0, oldestDay: null, fromPreviousRun: false, ties: [] };
       this.chunks.push(chunk);
       this.current = chunk;
     }
@@ -484,6 +567,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
       }
       throw error;
     }
+    for (const tie of ties) chunk.ties.push({ from: chunk.count + tie.from, count: tie.count, attempt: tie.attempt });
     chunk.bytes += data.length;
     chunk.count += events.length;
     chunk.oldestDay = oldestDayOf(events, chunk.oldestDay);
@@ -500,6 +584,10 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
 
   /** Keeps a write in memory only (the spool failed), or logs it whole when memory is at its bound. */
   private holdInMemory(write: AcceptedWrite): void {
+    if (write.attempt?.outcome === 'landed') {
+      write.resolve();
+      return;
+    }
     const count = write.events.length;
     if (!this.makeRoom(count)) {
       this.logUndelivered(write.events, this.spoolError);
@@ -509,10 +597,11 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     let chunk = this.current;
     if (chunk === null || chunk.path !== null || chunk.count >= MEMORY_CHUNK_EVENTS) {
       if (chunk !== null) void this.seal(chunk);
-      chunk = { path: null, file: null, events: [], count: 0, bytes: 0, replayed: 0, oldestDay: null, fromPreviousRun: false };
+      chunk = { path: null, file: null, events: [], count: 0, bytes: 0, replayed: 0, oldestDay: null, fromPreviousRun: false, ties: [] };
       this.chunks.push(chunk);
       this.current = chunk;
     }
+    if (write.attempt?.outcome === 'in-flight') chunk.ties.push({ from: chunk.count, count, attempt: write.attempt });
     for (const event of write.events) chunk.events!.push(event);
     chunk.count += count;
     chunk.oldestDay = oldestDayOf(write.events, chunk.oldestDay);
@@ -637,6 +726,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
         replayed: 0,
         oldestDay: oldestDayOf(read.events, null),
         fromPreviousRun: true,
+        ties: [],
       });
       events += read.events.length;
     }
@@ -657,7 +747,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     for (const chunk of this.chunks) {
       if (chunk.path !== null) continue;
       if (this.current === chunk) this.current = null;
-      const remaining = chunk.events!.slice(chunk.replayed);
+      const { events: remaining, ties } = unreplayed(chunk, chunk.events!);
       let created: { path: string; file: FileHandle } | null = null;
       let bytes = 0;
       try {
@@ -675,12 +765,13 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
         return;
       }
       await created.file.close().catch(() => undefined);
-      this.heldEvents -= chunk.replayed;
+      this.heldEvents -= chunk.events!.length - remaining.length;
       chunk.path = created.path;
       chunk.events = remaining;
       chunk.count = remaining.length;
       chunk.bytes = bytes;
       chunk.replayed = 0;
+      chunk.ties = ties;
       this.counts.spooled += remaining.length;
       respooled += remaining.length;
     }
@@ -705,6 +796,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     this.lastReminderAt = Date.now();
     this.outage = {
       since: Date.now(),
+      writtenLate: this.counts.writtenLate,
       spooled: this.counts.spooled,
       heldInMemoryOnly: this.counts.heldInMemoryOnly,
       replayed: this.counts.replayed,
@@ -749,6 +841,13 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
             continue;
           }
           if (this.chunks.length > 0) continue;
+          // A timed-out write still in flight must not be written again by recover(): spool it (as a tie) instead
+          // of holding it for the catch-up, and go round again, which waits for its attempt.
+          if (this.incoming.some((write) => write.attempt?.outcome === 'in-flight')) {
+            this.catchingUp = false;
+            this.scheduleAppend();
+            continue;
+          }
           break;
         }
         await this.replayChunk(chunk);
@@ -773,6 +872,15 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   }
 
   private async replayChunk(chunk: SpoolChunk): Promise<void> {
+    // Never ahead of a timed-out write of these events still in flight: it may yet land them. (The primary
+    // serialises writes, so replaying anything else meanwhile only queues behind it.)
+    if (chunk.ties.some((tie) => tie.attempt.outcome === 'in-flight')) {
+      await Promise.all(chunk.ties.map((tie) => tie.attempt.settled));
+    }
+    if (chunk.replayed + landedAhead(chunk) >= chunk.count) {
+      chunk.replayed = chunk.count;
+      return;
+    }
     let events = chunk.events;
     if (events === null) {
       let read: SpoolFileContents;
@@ -781,15 +889,23 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
         // Deleted behind the sink's back: nothing can bring these back, say so once and move on.
-        const lost = chunk.count - chunk.replayed;
+        const lost = chunk.count - chunk.replayed - landedAhead(chunk);
         this.counts.lost += lost;
         this.log.error('event_log_spool_file_lost', { path: chunk.path, events: lost });
         return;
       }
-      events = read.events;
+      // This process wrote the file: lines past `count` are from an append that failed (and was held elsewhere).
+      events = chunk.fromPreviousRun ? read.events : read.events.slice(0, chunk.count);
     }
     while (chunk.replayed < events.length) {
-      const batch = events.slice(chunk.replayed, chunk.replayed + this.replayBatchEvents);
+      const tie = chunk.ties.find((t) => t.from + t.count > chunk.replayed && t.attempt.outcome === 'landed');
+      if (tie !== undefined && tie.from <= chunk.replayed) {
+        // Landed by their own (late) write: already in the log.
+        chunk.replayed = tie.from + tie.count;
+        continue;
+      }
+      const end = Math.min(events.length, chunk.replayed + this.replayBatchEvents, tie?.from ?? Infinity);
+      const batch = events.slice(chunk.replayed, end);
       await this.primary.write(batch);
       chunk.replayed += batch.length;
       this.counts.replayed += batch.length;
@@ -803,6 +919,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     const index = this.chunks.indexOf(chunk);
     if (index >= 0) this.chunks.splice(index, 1);
     this.release(chunk);
+    chunk.ties = [];
     if (chunk.path === null) return;
     try {
       await unlink(chunk.path);
@@ -868,6 +985,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     if (outage !== null) {
       this.log.info('event_log_recovered', {
         outage_ms: Date.now() - outage.since,
+        written_late: this.counts.writtenLate - outage.writtenLate,
         replayed: this.counts.replayed - outage.replayed,
         spooled: this.counts.spooled - outage.spooled,
         held_in_memory_only: this.counts.heldInMemoryOnly - outage.heldInMemoryOnly,
@@ -875,8 +993,12 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
         failed_retries: this.counts.failedRetries - outage.failedRetries,
       });
     }
-    // primary.write is called synchronously for each, so they keep their order ahead of any later write.
-    for (const write of waiting) this.writeDirect(write.events).then(write.resolve, write.reject);
+    // primary.write is called synchronously for each, so they keep their order ahead of any later write. A
+    // timed-out write here has settled (replay() spools those in flight): landed, it is done; failed, it goes again.
+    for (const write of waiting) {
+      if (write.attempt?.outcome === 'landed') write.resolve();
+      else this.writeDirect(write.events).then(write.resolve, write.reject);
+    }
   }
 
   private async shutDown(): Promise<void> {
@@ -892,7 +1014,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     await this.inLane(async () => {
       for (const chunk of this.chunks) {
         if (chunk.path !== null) continue;
-        this.logUndelivered(chunk.events!.slice(chunk.replayed), this.spoolError);
+        this.logUndelivered(unreplayed(chunk, chunk.events!).events, this.spoolError);
         this.release(chunk);
       }
       this.chunks = this.chunks.filter((chunk) => chunk.path !== null);
@@ -952,6 +1074,35 @@ async function readSpoolFile(path: string): Promise<SpoolFileContents> {
     input.destroy();
   }
   return { events, bytes, skipped };
+}
+
+/** Events of a chunk not yet in the primary (neither replayed nor landed by a late write), with their ties renumbered. */
+function unreplayed(chunk: SpoolChunk, events: readonly UsageEvent[]): { events: UsageEvent[]; ties: Tie[] } {
+  const left: UsageEvent[] = [];
+  const ties: Tie[] = [];
+  let next = chunk.replayed;
+  for (const tie of chunk.ties) {
+    const end = tie.from + tie.count;
+    if (end <= next) continue;
+    for (; next < tie.from; next++) left.push(events[next]!);
+    if (tie.attempt.outcome === 'in-flight') {
+      ties.push({ from: left.length, count: end - next, attempt: tie.attempt });
+      for (; next < end; next++) left.push(events[next]!);
+    } else if (tie.attempt.outcome === 'landed') {
+      next = end;
+    }
+  }
+  for (; next < events.length; next++) left.push(events[next]!);
+  return { events: left, ties };
+}
+
+/** Events of a chunk that replay will skip because their late write landed them. */
+function landedAhead(chunk: SpoolChunk): number {
+  let landed = 0;
+  for (const tie of chunk.ties) {
+    if (tie.attempt.outcome === 'landed') landed += Math.max(0, tie.from + tie.count - Math.max(tie.from, chunk.replayed));
+  }
+  return landed;
 }
 
 function oldestDayOf(events: readonly UsageEvent[], oldest: string | null): string | null {

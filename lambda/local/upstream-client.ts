@@ -4,11 +4,15 @@
  * proxy hop does not need; this client answers with the same Web `Response`, so the core cannot tell the difference.
  *
  * Like fetch it decodes `content-encoding` (gzip, deflate, br), follows no redirects when asked not to, and rejects
- * when the signal aborts before the response headers; after that an abort destroys the body stream.
+ * when the signal aborts before the response headers; after that an abort destroys the body stream. Like browsers
+ * (and undici) it sends a request once more, on a new connection, when a pooled keep-alive connection turns out to
+ * have been closed by the upstream before the request reached it: see {@link createUpstreamClient}.
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import { describeError, silentLogger, type Logger } from '../core/log';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 
 // Statuses whose responses never have a body (Response refuses one).
@@ -90,34 +94,100 @@ function webStreamOf(source: Readable, message: IncomingMessage): ReadableStream
 export interface UpstreamClientOptions {
   /** Most sockets kept per upstream host. @default 256 */
   readonly maxSockets?: number;
+  /**
+   * How long an idle keep-alive connection may wait in the pool before it is closed, in milliseconds. It is kept
+   * below the idle timeouts upstreams commonly use (5 s for Node and uvicorn servers, 60 s and more for load
+   * balancers), so the pool usually closes a connection before the upstream does; an upstream announcing
+   * `Keep-Alive: timeout=N` shortens it to N − 1 s. Without it, Node keeps idle connections until the upstream closes
+   * them, which is exactly the moment a request can be written into a dead connection (and so does 0). @default 4000
+   */
+  readonly idleSocketTimeoutMs?: number;
+  /** Where a request sent again on a new connection is noted (host and error only). @default silentLogger */
+  readonly log?: Logger;
+}
+
+// The errors of a connection the peer had closed: Node's "socket hang up" (ECONNRESET: closed before any answer),
+// a reset read (ECONNRESET), a write into a closed connection (EPIPE) and a locally aborted connection.
+const CONNECTION_CLOSED_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
+
+function isConnectionClosed(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return (typeof code === 'string' && CONNECTION_CLOSED_CODES.has(code)) || message === 'socket hang up';
+}
+
+/**
+ * The request body as bytes in memory. The core has already read (and capped) the body before forwarding, and only
+ * bytes can be sent a second time; a stream could not be replayed, so one is refused rather than sent.
+ */
+function bodyBytes(body: RequestInit['body']): Uint8Array | undefined {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body === 'string') return Buffer.from(body, 'utf8');
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  throw new TypeError('The upstream client sends bodies given as bytes or a string, not streams or forms.');
+}
+
+interface UpstreamRequest {
+  readonly url: URL;
+  readonly method: string;
+  readonly headers: Record<string, string>;
+  readonly body: Uint8Array | undefined;
+  readonly signal: AbortSignal | undefined;
 }
 
 /**
  * Creates a fetch-compatible client for the proxy's upstream calls.
- * @example createProxy({ ..., fetch: createUpstreamClient() })
+ *
+ * **Stale keep-alive connections.** An upstream closes a keep-alive connection after it has been idle for a while.
+ * If the gateway picks that connection from its pool at the same moment (its event loop was busy, so it had not yet
+ * seen the close), the request is written into a dead connection and fails with ECONNRESET ("socket hang up") or
+ * EPIPE, although the upstream never read it. Two defences:
+ * - the pool closes idle connections first (`idleSocketTimeoutMs`), which makes the race rare;
+ * - a request is sent once more, on a new connection outside the pool, when all of these hold: it went out on a
+ *   reused connection (`request.reusedSocket`, for which Node's documentation recommends this retry), the error is
+ *   ECONNRESET, EPIPE, ECONNABORTED or "socket hang up", not one byte of an answer arrived (not even the status line),
+ *   and the caller's signal is not aborted. The body is bytes in memory, so the same body is sent.
+ *
+ * Why this is safe enough: a stale-connection failure means the upstream closed the connection before reading the
+ * request, so it did no work and bills nothing. The residual risk is an upstream that read the request on a reused
+ * connection and then died before answering anything (a crash, a load balancer dropping it): that request is sent
+ * again and could be run, and billed, twice. It is bounded to one extra send; a fresh connection failing, a failure
+ * after any answer byte (a broken stream stays an error), and an aborted request are never sent again.
+ *
+ * @example createProxy({ ..., fetch: createUpstreamClient({ log }) })
  */
 export function createUpstreamClient(options: UpstreamClientOptions = {}): typeof fetch {
-  const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 256, scheduling: 'lifo' as const };
+  const agentOptions = {
+    keepAlive: true,
+    maxSockets: options.maxSockets ?? 256,
+    // The most recently used connection is the least likely to have been closed by the upstream for idleness.
+    scheduling: 'lifo' as const,
+    // On a pooled agent, `timeout` is the idle time after which a free connection is closed (and the cap on a
+    // `Keep-Alive: timeout` hint, which Node ignores without it). On a connection in use it only emits 'timeout'
+    // events, which nothing here listens to: a slow answer is the proxy's upstream timeout to judge.
+    timeout: options.idleSocketTimeoutMs ?? 4_000,
+  };
   const httpAgent = new HttpAgent(agentOptions);
   const httpsAgent = new HttpsAgent(agentOptions);
+  const log = options.log ?? silentLogger;
 
-  const client = (input: string | URL | Request, init: RequestInit = {}): Promise<Response> =>
+  const exchange = (request: UpstreamRequest, pooled: boolean): Promise<Response> =>
     new Promise<Response>((resolve, reject) => {
-      const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
-      const secure = url.protocol === 'https:';
-      const headers: Record<string, string> = {};
-      new Headers(init.headers).forEach((value, name) => {
-        headers[name] = value;
-      });
-      const body = init.body as Uint8Array | undefined | null;
-      if (body !== undefined && body !== null) headers['content-length'] = String(body.byteLength);
-      const signal = init.signal ?? undefined;
+      const { url, signal } = request;
       if (signal?.aborted) return reject(signal.reason);
+      const secure = url.protocol === 'https:';
+      // `agent: false` opens a connection of its own, closed after the answer: a resend must not take another
+      // connection from a pool that may hold more of the ones the upstream closed.
+      const agent = pooled ? (secure ? httpsAgent : httpAgent) : false;
+      let socket: Socket | undefined;
+      let bytesReadBefore = 0;
+      let responded = false;
 
-      const req = (secure ? httpsRequest : httpRequest)(
+      const req: ClientRequest = (secure ? httpsRequest : httpRequest)(
         url,
-        { method: init.method ?? 'GET', headers, agent: secure ? httpsAgent : httpAgent },
+        { method: request.method, headers: request.headers, agent },
         (message) => {
+          responded = true;
           signal?.removeEventListener('abort', onAbortBeforeHeaders);
           signal?.addEventListener('abort', () => message.destroy(), { once: true });
           const responseHeaders = new Headers();
@@ -130,7 +200,7 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
             }
           }
           const status = message.statusCode ?? 502;
-          const hasBody = !NULL_BODY_STATUSES.has(status) && init.method !== 'HEAD';
+          const hasBody = !NULL_BODY_STATUSES.has(status) && request.method !== 'HEAD';
           if (!hasBody) message.resume();
           resolve(
             new Response(hasBody ? webStreamOf(decoded(message), message) : null, {
@@ -141,6 +211,12 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
           );
         },
       );
+      // A reused connection has read earlier answers: only bytes read after it was handed to this request count.
+      // (On TLS this counts decrypted bytes, so the upstream's close_notify alert is not taken for an answer.)
+      req.once('socket', (assigned: Socket) => {
+        socket = assigned;
+        bytesReadBefore = assigned.bytesRead;
+      });
       const onAbortBeforeHeaders = () => {
         req.destroy();
         reject(signal?.reason ?? new Error('aborted'));
@@ -148,10 +224,28 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
       signal?.addEventListener('abort', onAbortBeforeHeaders, { once: true });
       req.on('error', (error) => {
         signal?.removeEventListener('abort', onAbortBeforeHeaders);
+        const answered = responded || (socket !== undefined && socket.bytesRead > bytesReadBefore);
+        // An abort also ends in "socket hang up", hence the signal check before anything else.
+        if (pooled && req.reusedSocket && !answered && !signal?.aborted && isConnectionClosed(error)) {
+          log.info('upstream_request_resent', { host: url.host, error: describeError(error) });
+          resolve(exchange(request, false));
+          return;
+        }
         reject(error);
       });
       req.setNoDelay(true);
-      req.end(body ?? undefined);
+      req.end(request.body);
     });
+
+  const client = async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
+    const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
+    const headers: Record<string, string> = {};
+    new Headers(init.headers).forEach((value, name) => {
+      headers[name] = value;
+    });
+    const body = bodyBytes(init.body);
+    if (body !== undefined) headers['content-length'] = String(body.byteLength);
+    return exchange({ url, method: init.method ?? 'GET', headers, body, signal: init.signal ?? undefined }, true);
+  };
   return client as typeof fetch;
 }

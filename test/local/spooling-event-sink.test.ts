@@ -1,7 +1,7 @@
 /**
  * The spooling event log on real files: the events directory broken by replacing it with a regular file (root
- * ignores permissions), the spool broken the same way, and a primary that fails or hangs on demand where a test
- * needs to count or stall attempts.
+ * ignores permissions), the spool broken the same way, and a primary that fails or holds writes on demand where a
+ * test needs to count, stall or settle attempts one by one.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -85,26 +85,19 @@ async function waitFor(condition: () => boolean | Promise<boolean>, what: string
   }
 }
 
-/** A primary that fails or stalls on demand, in front of a real file sink; counts the writes it is given. */
+const diskFull = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+
+/** A primary that fails on demand, in front of a real file sink; counts the writes it is given. */
 class SwitchablePrimary implements EventSink {
   failing = false;
-  stalling = false;
   calls = 0;
-  private readonly stalled: (() => void)[] = [];
 
   constructor(readonly inner: FileEventSink) {}
 
   write(events: readonly UsageEvent[]): Promise<void> {
     this.calls++;
-    if (this.failing) return Promise.reject(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
-    if (this.stalling) return new Promise<void>((resolve) => this.stalled.push(resolve)).then(() => this.inner.write(events));
+    if (this.failing) return Promise.reject(diskFull());
     return this.inner.write(events);
-  }
-
-  /** Lets every stalled write through to the file sink. */
-  unstall(): void {
-    this.stalling = false;
-    for (const go of this.stalled.splice(0)) go();
   }
 
   flush(): Promise<void> {
@@ -114,6 +107,65 @@ class SwitchablePrimary implements EventSink {
   close(): Promise<void> {
     return this.inner.close();
   }
+}
+
+/** A write the primary holds (a disk that has not answered yet) until the test lets it land or fail. */
+interface HeldWrite {
+  readonly ids: readonly string[];
+  /** Hands the write to the file sink; resolves as the write given to the primary does (after the sink has seen it). */
+  land(): Promise<void>;
+  fail(): void;
+}
+
+/**
+ * A primary in front of a real file sink that treats its n-th write as the n-th step of a script: pass it through,
+ * fail it at once, or hold it. Records the request ids of every write it is given.
+ */
+class ScriptedPrimary implements EventSink {
+  readonly calls: string[][] = [];
+  readonly held: HeldWrite[] = [];
+
+  constructor(
+    readonly inner: FileEventSink,
+    private readonly script: readonly ('pass' | 'fail' | 'hold')[],
+  ) {}
+
+  write(events: readonly UsageEvent[]): Promise<void> {
+    const step = this.script[this.calls.length] ?? 'pass';
+    this.calls.push(ids(events));
+    if (step === 'fail') return Promise.reject(diskFull());
+    if (step === 'pass') return this.inner.write(events);
+    let land = () => {};
+    let fail = () => {};
+    const written = new Promise<void>((resolve, reject) => {
+      land = () => void this.inner.write(events).then(resolve, reject);
+      fail = () => reject(diskFull());
+    });
+    this.held.push({
+      ids: ids(events),
+      land: () => {
+        land();
+        return written;
+      },
+      fail,
+    });
+    return written;
+  }
+
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** How many copies of each request id the event log holds. */
+async function copiesInLog(dataDir: string): Promise<Map<string, number>> {
+  const copies = new Map<string, number>();
+  for (const event of await logged(dataDir)) copies.set(event.request_id, (copies.get(event.request_id) ?? 0) + 1);
+  return copies;
 }
 
 describe('SpoolingEventSink', () => {
@@ -408,21 +460,138 @@ describe('SpoolingEventSink', () => {
     assert.equal(sink.stats().pending, 0);
   });
 
-  it('spools a write the event log does not answer in time, and catches it up once the log answers', async () => {
-    const dataDir = await freshDir();
-    const primary = new SwitchablePrimary(new FileEventSink({ dataDir }));
-    const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 50, initialRetryMs: 3_600_000 });
-    primary.stalling = true;
-    const [event] = eventsFrom('hung', 1);
-    await sink.write([event!]);
-    assert.equal(sink.stats().state, 'degraded');
-    assert.equal(sink.stats().spooled, 1);
+  describe('a write the event log answers only after primaryTimeoutMs', () => {
+    it('spools it, and drops the spooled copy instead of replaying it once the write lands late', async () => {
+      const dataDir = await freshDir();
+      const { log, named } = capturingLog();
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold']);
+      const sink = await SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const [event] = eventsFrom('late', 1);
+      await sink.write([event!]);
+      assert.equal(sink.stats().state, 'degraded', 'a write that does not answer degrades the sink');
+      assert.deepEqual(await spooledIds(dataDir), ids([event!]), 'the event survives a crash while the write hangs');
+      assert.equal(sink.stats().pending, 1);
 
-    primary.unstall();
-    assert.equal(await sink.retryNow(), true);
-    await sink.close();
-    const copies = ids(await logged(dataDir)).filter((id) => id === event!.request_id);
-    // The stalled write may land too: a second copy, which every reader drops by request_id, never a loss.
-    assert.ok(copies.length >= 1 && copies.length <= 2, `${copies.length} copies`);
+      await primary.held[0]!.land();
+      assert.equal(await sink.retryNow(), true);
+      assert.deepEqual(primary.calls, [ids([event!])], 'the event log is given the event once');
+      assert.equal(sink.stats().pending, 0);
+      await sink.close();
+      assert.deepEqual([...(await copiesInLog(dataDir))], [[event!.request_id, 1]]);
+      assert.deepEqual(await spoolFiles(dataDir), [], 'the spooled copy is deleted');
+      const stats = sink.stats();
+      assert.equal(stats.written, 1);
+      assert.equal(stats.writtenLate, 1);
+      assert.equal(stats.spooled, 1);
+      assert.equal(stats.replayed, 0);
+      assert.equal((named('event_log_degraded')[0]?.error as { code?: string } | undefined)?.code, 'event_log_timeout');
+      assert.equal(named('event_log_recovered')[0]?.written_late, 1);
+    });
+
+    it('does not replay it while the write is still in flight, and replays it once the write fails', async () => {
+      const dataDir = await freshDir();
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold']);
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const [event] = eventsFrom('pending', 1);
+      await sink.write([event!]);
+
+      let retried = false;
+      const retry = sink.retryNow().then((done) => {
+        retried = true;
+        return done;
+      });
+      // Room for a replay that does not wait to reach the event log (it takes a few milliseconds).
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(primary.calls.length, 1, 'nothing is replayed ahead of the write in flight');
+      assert.equal(retried, false, 'the retry waits for the write in flight');
+
+      primary.held[0]!.fail();
+      assert.equal(await retry, true);
+      assert.deepEqual(primary.calls, [ids([event!]), ids([event!])], 'the failed write, then its replay');
+      await sink.close();
+      assert.deepEqual([...(await copiesInLog(dataDir))], [[event!.request_id, 1]]);
+      assert.equal(sink.stats().replayed, 1);
+      assert.equal(sink.stats().writtenLate, 0);
+      assert.deepEqual(await spoolFiles(dataDir), []);
+    });
+
+    it('replays only the events whose late write failed, from a spool file shared with others and read back from disk', async () => {
+      const dataDir = await freshDir();
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'hold']);
+      // No events kept in memory: replay reads the spool file back, where the late writes' events are found by position.
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, maxMemoryEvents: 0, replayBatchEvents: 2, initialRetryMs: 3_600_000 });
+      const landing = eventsFrom('landing', 3);
+      const failing = eventsFrom('failing', 2);
+      const spooled = eventsFrom('spooled', 3);
+      await Promise.all([sink.write(landing), sink.write(failing)]);
+      await Promise.all(spooled.map((event) => sink.write([event])));
+      assert.equal(primary.calls.length, 2, 'writes made while degraded go to the spool');
+      assert.equal((await spoolFiles(dataDir)).length, 1, 'all of them in one spool file');
+      assert.deepEqual(new Set(await spooledIds(dataDir)), new Set(ids([...landing, ...failing, ...spooled])));
+
+      const [landingWrite, failingWrite] = primary.held;
+      assert.deepEqual(landingWrite!.ids, ids(landing));
+      await landingWrite!.land();
+      failingWrite!.fail();
+      assert.equal(sink.stats().pending, 5);
+      assert.equal(await sink.retryNow(), true);
+      await sink.close();
+
+      const copies = await copiesInLog(dataDir);
+      assert.equal(copies.size, 8);
+      for (const [id, count] of copies) assert.equal(count, 1, `${id} is in the log once`);
+      assert.deepEqual(ids(await logged(dataDir)).slice(0, 3), ids(landing), 'the late write landed first');
+      const stats = sink.stats();
+      assert.equal(stats.writtenLate, 3);
+      assert.equal(stats.replayed, 5);
+      assert.deepEqual(await spoolFiles(dataDir), []);
+    });
+
+    it('keeps it in the spool while the write hangs, so a process that dies then loses nothing', async () => {
+      const dataDir = await freshDir();
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'fail']);
+      const crashed = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const [event] = eventsFrom('crash', 1);
+      await crashed.write([event!]);
+      // The process dies here, the write never answered: the next one finds the event in the spool.
+      const restarted = await open(dataDir);
+      assert.deepEqual(ids(await logged(dataDir)), ids([event!]));
+      assert.equal(restarted.stats().replayedFromPreviousRun, 1);
+      await restarted.close();
+
+      // Only to release what the dead process held (its last replay fails, so the log is left alone).
+      primary.held[0]!.fail();
+      await crashed.close();
+      assert.deepEqual(ids(await logged(dataDir)), ids([event!]));
+    });
+
+    it('spools it rather than write it again when it times out while a catch-up holds new writes back', async () => {
+      const dataDir = await freshDir();
+      // 1: the slow write, held. 2: a write that fails, degrading the sink. 3: replay of the first spool file.
+      // 4: replay of the second, held until the slow write has timed out (new writes wait in memory meanwhile).
+      // (On a disk so slow that the timeout fires before the catch-up, the write is spooled as usual: same outcome.)
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'fail', 'pass', 'hold']);
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 1_000, spoolFileBytes: 1, initialRetryMs: 3_600_000 });
+      const [slow, failed, spooled] = [eventsFrom('slow', 1), eventsFrom('failed', 1), eventsFrom('spooled', 1)];
+      const slowWrite = sink.write(slow);
+      await sink.write(failed);
+      await sink.write(spooled);
+
+      const retry = sink.retryNow();
+      await waitFor(() => primary.held.length === 2, 'the second spool file is being replayed');
+      await waitFor(() => sink.stats().pending === 2, 'the slow write has timed out and waits with the catch-up');
+      await primary.held[1]!.land();
+      await slowWrite;
+      await primary.held[0]!.land();
+      assert.equal(await retry, true);
+      await sink.close();
+
+      assert.deepEqual(primary.calls, [ids(slow), ids(failed), ids(failed), ids(spooled)], 'the slow write is never given again');
+      const copies = await copiesInLog(dataDir);
+      assert.deepEqual([...copies.keys()].sort(), ids([...failed, ...slow, ...spooled]).sort());
+      for (const [id, count] of copies) assert.equal(count, 1, `${id} is in the log once`);
+      assert.equal(sink.stats().writtenLate, 1);
+      assert.deepEqual(await spoolFiles(dataDir), []);
+    });
   });
 });
