@@ -78,7 +78,7 @@ export class DuckDbHistoryStore implements HistoryStore {
   static async open(options: DuckDbHistoryStoreOptions): Promise<DuckDbHistoryStore> {
     const ownedDb = options.db ? null : await openDuckDb(':memory:');
     try {
-      const session = await (options.db ?? (ownedDb as DuckDb)).session();
+      const session = await (options.db ?? (ownedDb as DuckDb)).session({ longRunning: true });
       return new DuckDbHistoryStore(options.dataDir, session, ownedDb, Math.max(1, options.exportPageSize ?? 5000));
     } catch (error) {
       await ownedDb?.close();

@@ -47,10 +47,17 @@ export interface DuckDb extends DuckDbSession {
   /**
    * A separate connection. `reusePreparedStatements` keeps recent statements prepared: worth it for the stores'
    * few repeated statements over fixed tables, wrong for sessions that replace the views their statements read.
+   * `longRunning` marks a session whose statements can run for seconds (scans of the event log, compaction): at most
+   * one such statement runs at a time, so the stores' short ones always find a slot (see {@link PoolGate}).
    */
-  session(options?: { readonly reusePreparedStatements?: boolean }): Promise<DuckDbSession>;
+  session(options?: SessionOptions): Promise<DuckDbSession>;
   /** Closes this handle's sessions; the instance closes when the last handle on it does. */
   close(): Promise<void>;
+}
+
+export interface SessionOptions {
+  readonly reusePreparedStatements?: boolean;
+  readonly longRunning?: boolean;
 }
 
 interface SharedInstance {
@@ -130,7 +137,15 @@ class PoolGate {
 }
 
 const LIBUV_POOL_SIZE = Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10) || 4;
-const duckDbCalls = new PoolGate(Math.max(1, LIBUV_POOL_SIZE - 2));
+const DUCKDB_CALLS = Math.max(1, LIBUV_POOL_SIZE - 2);
+const duckDbCalls = new PoolGate(DUCKDB_CALLS);
+/** Long statements leave at least one of DuckDB's slots to the short ones (counter and limit flushes, lookups). */
+const longDuckDbCalls = new PoolGate(Math.max(1, DUCKDB_CALLS - 1));
+
+type Gate = <T>(call: () => Promise<T>) => Promise<T>;
+const shortGate: Gate = (call) => duckDbCalls.run(call);
+// Always the long gate first, then the shared one: one order, so no two calls can wait on each other.
+const longGate: Gate = (call) => longDuckDbCalls.run(() => duckDbCalls.run(call));
 
 /** Prepared statements a session keeps for reuse, least recently used dropped first. */
 const PREPARED_STATEMENTS_KEPT = 64;
@@ -145,6 +160,7 @@ class Session implements DuckDbSession {
     private readonly connection: DuckDBConnection,
     private readonly onClose: () => void = () => undefined,
     private readonly reusePrepared = false,
+    private readonly gate: Gate = shortGate,
   ) {
     this.direct = {
       run: async (sql, params) => {
@@ -206,7 +222,7 @@ class Session implements DuckDbSession {
     let statement = this.prepared.get(sql);
     if (statement === undefined) {
       // prepare() takes exactly one statement: text after a `;` is an error, never a second statement.
-      statement = await duckDbCalls.run(() => this.connection.prepare(sql));
+      statement = await this.gate(() => this.connection.prepare(sql));
     } else {
       this.prepared.delete(sql); // re-inserted below as the most recently used
     }
@@ -214,7 +230,7 @@ class Session implements DuckDbSession {
       statement.clearBindings();
       if (params.length > 0) statement.bind(params as DuckDBValue[]);
       const prepared = statement;
-      const reader = await duckDbCalls.run(() => prepared.runAndReadAll());
+      const reader = await this.gate(() => prepared.runAndReadAll());
       const rows = reader.getRowObjectsJS().map(toPlainRow);
       if (!this.reusePrepared) {
         statement.destroySync();
@@ -261,12 +277,13 @@ class Handle implements DuckDb {
     return this.main.transaction(fn);
   }
 
-  async session(options: { readonly reusePreparedStatements?: boolean } = {}): Promise<DuckDbSession> {
+  async session(options: SessionOptions = {}): Promise<DuckDbSession> {
     if (this.closed) throw new Error('The DuckDB database is closed.');
     const session: Session = new Session(
       await this.shared.instance.connect(),
       () => this.sessions.delete(session),
       options.reusePreparedStatements ?? false,
+      options.longRunning === true ? longGate : shortGate,
     );
     this.sessions.add(session);
     return session;

@@ -51,7 +51,7 @@ export async function compactEventLog(options: CompactOptions): Promise<Compacti
   for (const file of files) byDay.set(file.dt, [...(byDay.get(file.dt) ?? []), file]);
   const days: string[] = [];
   let filesRemoved = 0;
-  const session = await options.db.session();
+  const session = await options.db.session({ longRunning: true });
   try {
     for (const [dt, dayFiles] of byDay) {
       if (!dayFiles.some((file) => file.format === 'ndjson') && dayFiles.length < 2) continue;

@@ -243,7 +243,8 @@ export class FileEventSink implements EventSink {
   }
 }
 
-async function writeAll(file: FileHandle, data: Buffer): Promise<void> {
+/** Writes all of `data` at the file's position (one write may take only part of it). */
+export async function writeAll(file: FileHandle, data: Buffer): Promise<void> {
   let offset = 0;
   while (offset < data.length) {
     const { bytesWritten } = await file.write(data, offset, data.length - offset);
@@ -251,7 +252,8 @@ async function writeAll(file: FileHandle, data: Buffer): Promise<void> {
   }
 }
 
-async function syncDirectory(path: string): Promise<void> {
+/** fsyncs a directory, which makes the entries created in it durable. */
+export async function syncDirectory(path: string): Promise<void> {
   const dir = await open(path, 'r');
   try {
     await dir.sync();

@@ -57,6 +57,7 @@ import { describeError, silentLogger, type Logger } from '../core/log';
 import type { EventSink } from '../core/ports';
 import { eventDate, type UsageEvent } from '../core/usage-event';
 import { parseEventLine } from './event-files';
+import { syncDirectory, writeAll } from './file-event-sink';
 
 export interface SpoolingEventSinkOptions<Primary extends EventSink = EventSink> {
   /** The event log proper (a {@link FileEventSink}); closed by {@link SpoolingEventSink.close}. */
@@ -1111,21 +1112,4 @@ function oldestDayOf(events: readonly UsageEvent[], oldest: string | null): stri
     if (oldest === null || day < oldest) oldest = day;
   }
   return oldest;
-}
-
-async function writeAll(file: FileHandle, data: Buffer): Promise<void> {
-  let offset = 0;
-  while (offset < data.length) {
-    const { bytesWritten } = await file.write(data, offset, data.length - offset);
-    offset += bytesWritten;
-  }
-}
-
-async function syncDirectory(path: string): Promise<void> {
-  const dir = await open(path, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
 }

@@ -110,6 +110,13 @@ export interface UpstreamClientOptions {
 // a reset read (ECONNRESET), a write into a closed connection (EPIPE) and a locally aborted connection.
 const CONNECTION_CLOSED_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
 
+/**
+ * How soon after the whole request went out a closed connection still counts as stale: the upstream's close was
+ * already on its way (a round trip, plus a busy event loop noticing it). Later, the upstream may have read and run
+ * the request, and sending it again could run (and bill) it twice.
+ */
+const STALE_CONNECTION_WINDOW_MS = 1_000;
+
 function isConnectionClosed(error: unknown): boolean {
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
   return (typeof code === 'string' && CONNECTION_CLOSED_CODES.has(code)) || message === 'socket hang up';
@@ -182,6 +189,8 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
       let socket: Socket | undefined;
       let bytesReadBefore = 0;
       let responded = false;
+      /** When the whole request had been handed to the connection; undefined while it is still being sent. */
+      let sentAt: number | undefined;
 
       const req: ClientRequest = (secure ? httpsRequest : httpRequest)(
         url,
@@ -225,8 +234,11 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
       req.on('error', (error) => {
         signal?.removeEventListener('abort', onAbortBeforeHeaders);
         const answered = responded || (socket !== undefined && socket.bytesRead > bytesReadBefore);
+        // A stale connection fails at once, within about a round trip of the request going out. An upstream that
+        // held the request for longer may have run it (a slow answer cut by a proxy): never sent twice.
+        const failedAtOnce = sentAt === undefined || performance.now() - sentAt < STALE_CONNECTION_WINDOW_MS;
         // An abort also ends in "socket hang up", hence the signal check before anything else.
-        if (pooled && req.reusedSocket && !answered && !signal?.aborted && isConnectionClosed(error)) {
+        if (pooled && req.reusedSocket && !answered && failedAtOnce && !signal?.aborted && isConnectionClosed(error)) {
           log.info('upstream_request_resent', { host: url.host, error: describeError(error) });
           resolve(exchange(request, false));
           return;
@@ -234,6 +246,9 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
         reject(error);
       });
       req.setNoDelay(true);
+      req.once('finish', () => {
+        sentAt = performance.now();
+      });
       req.end(request.body);
     });
 

@@ -36,6 +36,8 @@ import { UsageRecorder } from '../../lambda/core/usage-recorder';
 import { USAGE_EVENT_VERSION, type UsageEvent } from '../../lambda/core/usage-event';
 import { FakeFirehose } from '../support/fake-firehose';
 import { FakeS3 } from '../support/fake-s3';
+import { Prng } from '../support/prng';
+import { priced, sampleEvent } from '../support/usage-events';
 
 const STREAM = 'usage-events';
 const BUCKET = 'usage-log';
@@ -80,46 +82,26 @@ class VirtualTime {
   }
 }
 
-/** Deterministic jitter (mulberry32), so a failing run can be replayed exactly. */
+/** Deterministic jitter, so a failing run can be replayed exactly. */
 function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const prng = new Prng(seed);
+  return () => prng.next();
 }
 
+/** A priced request of `user-42` with a fresh id, to be overridden field by field. */
 function usageEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
-  return {
-    v: USAGE_EVENT_VERSION,
+  return sampleEvent({
     request_id: randomUUID(),
     ts: '2026-03-14T09:26:53.589Z',
     user_id: 'user-42',
     properties: { team: 'search' },
-    provider: 'openai',
     model: 'gpt-4o-mini',
-    path: '/v1/chat/completions',
-    method: 'POST',
-    status: 200,
-    stream: false,
     latency_ms: 420,
     ttft_ms: 180,
-    prompt_tokens: 12,
-    completion_tokens: 30,
-    cached_prompt_tokens: 0,
-    reasoning_tokens: 0,
-    total_tokens: 42,
-    cost_usd: 0.0000198,
-    cost_nano_usd: 19_800,
-    cost_source: 'genai-prices',
-    usage_source: 'provider',
-    error: null,
+    ...priced(12, 30, 19_800),
     key_id: 'a1b2c3d4e5f6',
     ...overrides,
-  };
+  });
 }
 
 const DAYS = ['2026-03-13', '2026-03-14', '2026-03-15'];

@@ -125,6 +125,7 @@ describe('createUpstreamClient when the upstream closes a kept-alive connection'
   let treat: (arrival: Arrival) => Treatment = () => 'answer';
   let onArrival: ((arrival: Arrival) => void) | undefined;
   const closed = new Map<number, Promise<unknown>>();
+  const sockets = new Map<number, Socket>();
 
   before(async () => {
     const connections = new WeakMap<Socket, { id: number; requests: number }>();
@@ -136,6 +137,7 @@ describe('createUpstreamClient when the upstream closes a kept-alive connection'
         connection = { id: ++opened, requests: 0 };
         connections.set(socket, connection);
         closed.set(connection.id, once(socket, 'close'));
+        sockets.set(connection.id, socket);
       }
       const nthOnConnection = ++connection.requests;
       const chunks: Buffer[] = [];
@@ -257,6 +259,19 @@ describe('createUpstreamClient when the upstream closes a kept-alive connection'
     const response = await post('second');
     assert.equal(response.status, 200);
     await assert.rejects(response.text());
+    assert.deepEqual(arrivals.map((a) => a.body), ['first', 'second']);
+    assert.equal(resent().length, 0);
+  });
+
+  it('does not send again when the reused connection closes only after the upstream held the request: it may have run it', async () => {
+    const { post, resent } = await warmClient();
+    const reused = arrivals[0]!.connection;
+    treat = (a) => (a.nthOnConnection === 2 ? 'hold' : 'answer');
+    // The upstream works on the request well past the stale-connection window, then its connection breaks.
+    onArrival = (a) => {
+      if (a.body === 'second') setTimeout(() => sockets.get(reused)?.destroy(), 1_300);
+    };
+    await assert.rejects(post('second'), { code: 'ECONNRESET' });
     assert.deepEqual(arrivals.map((a) => a.body), ['first', 'second']);
     assert.equal(resent().length, 0);
   });
