@@ -26,19 +26,31 @@
  * - **Capped exponential backoff, no jitter.** One process retries one local directory, so there is no herd to
  *   spread; retries start at {@link SpoolingEventSinkOptions.initialRetryMs} and double up to
  *   {@link SpoolingEventSinkOptions.maxRetryMs}, so a repaired disk is used again within seconds.
- * - **Catching up without a gap.** When a retry gets through, new writes wait (in memory, not spooled) while the last
- *   spool files are replayed, then go to the primary right behind them. Under steady traffic the spool would
- *   otherwise never be empty at the instant the loop looks.
+ * - **Catching up without a gap.** When a retry gets through, new writes keep going to the spool (durable) while the
+ *   backlog is replayed. Once what is left is about one replay batch
+ *   ({@link SpoolingEventSinkOptions.replayBatchEvents}), new writes wait in memory for that last batch instead, then
+ *   go to the primary right behind it. Under steady traffic the spool would otherwise never be empty at the instant
+ *   the loop looks, and holding new writes for the whole backlog would leave them unconfirmed (and lost to a crash)
+ *   for as long as the replay takes.
  * - **A write that outlives its timeout is not written twice.** A direct write the primary has not answered within
  *   {@link SpoolingEventSinkOptions.primaryTimeoutMs} is usually a slow disk, not a failed one: the write is still
  *   queued in the primary and lands later. So its events are spooled (the caller is answered, and they survive a
  *   crash while the write hangs) but stay tied to that attempt: replay does not pass a spool file holding them until
  *   the attempt has settled, skips them if it landed, and replays them only if it failed. Spooling them only once the
- *   attempt failed would be exact, but would lose them if the process died while the disk hung.
+ *   attempt failed would be exact, but would lose them if the process died while the disk hung. A replay write is
+ *   bounded the same way: one not answered in time fails the retry, keeps its events in the spool tied to it, and
+ *   counts as replayed if it lands later.
+ * - **A hung event log holds up neither start nor close.** {@link SpoolingEventSink.start} waits at most
+ *   `primaryTimeoutMs` for the leftover spool, then lets the replay carry on in the background; close gives its last
+ *   replay the same time, then leaves the rest in the spool.
  * - **At least once, never lost.** A spool file is deleted only after every event in it is durably (fsync'd) in the
- *   primary log. A crash between the two replays the file again on the next start, so the log may hold a request
- *   twice (as it may after a crash while a timed-out write was in flight); every reader (history queries,
- *   compaction, catch-up, reconcile) deduplicates by `request_id`. Without a crash, each event is in the log once.
+ *   primary log, and a spool file that is partly in the log when the sink closes is rewritten without those events,
+ *   so a clean restart does not replay them again. The log can still hold a request twice: after a crash (between a
+ *   replay write and the deletion or rewrite of its spool file, or while a timed-out write was in flight); after a
+ *   close that gave up on a write the log had not answered, which may land as well; and when a
+ *   {@link FileEventSink} group commit fails after writing part of its batch, since the failed write's events are
+ *   then spooled (or kept in the spool) and replayed although some already reached the log. Every reader (history
+ *   queries, compaction, catch-up, reconcile) therefore deduplicates by `request_id`.
  * - **Counting replayed events.** Live counters are recorded from the in-process event, independently of this sink;
  *   an event that was only spooled when the gateway died may have missed its counter transaction, and the start-up
  *   catch-up reads only the log. {@link SpoolingEventSinkOptions.onReplayed} hands every replayed batch to the owner
@@ -89,7 +101,9 @@ export interface SpoolingEventSinkOptions<Primary extends EventSink = EventSink>
    * copy is dropped instead of replayed (see the class comment), so a timeout costs a spool round trip, not a
    * duplicate. It is still a false alarm on a disk that is only slow, so the default is well above the few seconds
    * an fsync'd group commit can take on a loaded machine (journal commits behind writeback, file system work queued
-   * behind other work in libuv's thread pool), while a hung mount still degrades within half a minute.
+   * behind other work in libuv's thread pool), while a hung mount still degrades within half a minute. The same
+   * bound applies to each replay write, to how long {@link SpoolingEventSink.start} waits for a leftover spool, and
+   * to the last replay at close (and to closing the primary after it). Zero or Infinity: no bound.
    * @default 30000
    */
   readonly primaryTimeoutMs?: number;
@@ -116,7 +130,7 @@ export interface SpoolingEventSinkStats {
   readonly spooled: number;
   /** Events accepted into memory only, because the spool failed as well. */
   readonly heldInMemoryOnly: number;
-  /** Events moved into the primary by replay, from any source. */
+  /** Events moved into the primary by replay, from any source (including replay writes that landed after their timeout). */
   readonly replayed: number;
   /** Of {@link replayed}: events from spool files a previous process left. */
   readonly replayedFromPreviousRun: number;
@@ -275,8 +289,12 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   private lane: Promise<void> = Promise.resolve();
   private spoolBroken = false;
   private spoolError: unknown = null;
-  /** A retry got through: new writes wait for the last chunks instead of starting new spool files. */
+  /** The backlog is down to its last batch: new writes wait for it in memory instead of going to the spool. */
   private catchingUp = false;
+  /** Set when close() stops waiting for the primary: replay writes nothing more and stops waiting. */
+  private replayHalted = false;
+  /** What replay is waiting for that close() may cut short (a set, not a promise: no reaction per wait is kept). */
+  private readonly haltWaits = new Set<() => void>();
   private retryTimer: NodeJS.Timeout | null = null;
   private retrying: Promise<boolean> | null = null;
   private retryDelayMs: number;
@@ -327,9 +345,11 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
 
   /**
    * Takes over the spool files a previous process left (it crashed, or closed while degraded) and makes one attempt
-   * to replay them, so the log is complete before the caller reads it (e.g. to catch counters up). Never rejects:
-   * when the primary still fails the sink stays degraded and keeps retrying in the background, and new writes are
-   * spooled behind the old ones. Call once, before the first write.
+   * to replay them, so the log is usually complete before the caller reads it (e.g. to catch counters up). Waits for
+   * that attempt at most `primaryTimeoutMs`: a hung event log must not keep the gateway from starting. Never rejects:
+   * when the primary still fails, or has not finished, the sink stays degraded and the replay carries on in the
+   * background (counted through `onReplayed`), and new writes are spooled behind the old ones. Call once, before
+   * the first write.
    */
   async start(): Promise<void> {
     if (this.started || this.closing) return;
@@ -338,7 +358,9 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     if (found.files === 0) return;
     this.log.info('event_log_spool_found', { spool: this.spoolDir, files: found.files, events: found.events });
     this.enterDegraded(null);
-    await this.retryNow();
+    if (!(await settlesWithin(this.retryNow(), this.primaryTimeoutMs))) {
+      this.log.warn('event_log_replay_in_background', { spool: this.spoolDir, pending: this.stats().pending, timeout_ms: this.primaryTimeoutMs });
+    }
   }
 
   /**
@@ -366,7 +388,8 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
 
   /**
    * Retries the primary now instead of at the next tick of the backoff, replaying everything pending. Spooled events
-   * of a timed-out write still in flight are not replayed ahead of it: the retry waits for the write to settle.
+   * of a timed-out write still in flight are not replayed ahead of it: the retry waits for the write to settle. A
+   * replay write the primary does not answer within `primaryTimeoutMs` fails the retry (and becomes such a write).
    * @returns true when nothing is pending any more
    */
   retryNow(): Promise<boolean> {
@@ -384,9 +407,12 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
 
   /**
    * Stops accepting writes, makes a last replay attempt, then closes the primary. Whatever is still pending stays
-   * in the spool for the next start; events the spool cannot take either are logged whole. Never rejects for
-   * pending events: nothing is dropped silently, and the caller could do no better. A timed-out write still in
-   * flight is waited for (closing the primary would wait for it too), so its events are not replayed twice.
+   * in the spool for the next start (a spool file partly in the log is rewritten without those events); events the
+   * spool cannot take either are logged whole. Never rejects for pending events: nothing is dropped silently, and
+   * the caller could do no better. A timed-out write still in flight is waited for, so its events are not replayed
+   * twice, but the last replay as a whole (and closing the primary) gets only `primaryTimeoutMs`: a hung event log
+   * must not keep the process from shutting down. A write the log has not answered by then stays in the spool and
+   * may end up in the log twice.
    */
   close(): Promise<void> {
     this.closing ??= this.shutDown();
@@ -394,8 +420,10 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   }
 
   stats(): SpoolingEventSinkStats {
+    // Writes not yet in a chunk are in memory only: waiting for the next group commit to the spool, held while the
+    // spool fails, or held for the catch-up.
     let pending = this.incomingEvents;
-    let pendingInMemoryOnly = this.spoolBroken ? this.incomingEvents : 0;
+    let pendingInMemoryOnly = this.incomingEvents;
     let spoolFiles = 0;
     for (const chunk of this.chunks) {
       const left = chunk.count - chunk.replayed - landedAhead(chunk);
@@ -442,7 +470,11 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
           return;
         }
         this.degrade(new EventLogTimeoutError(this.primaryTimeoutMs));
-        return this.accept(events, this.lateAttempt(write, events.length));
+        const attempt = this.lateAttempt(write, () => {
+          this.counts.written += events.length;
+          this.counts.writtenLate += events.length;
+        });
+        return this.accept(events, attempt);
       },
       (error: unknown) => {
         this.degrade(error);
@@ -455,33 +487,45 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     return attempt;
   }
 
-  /** Resolves true when `write` lands within `primaryTimeoutMs`, false when it is still in flight then; rejects if it fails in time. */
-  private answeredInTime(write: Promise<void>): Promise<boolean> {
+  /**
+   * Resolves true when `write` lands within `primaryTimeoutMs`, false when it is still in flight then (or, for a
+   * replay write, when close() halts replay first); rejects if it fails in time.
+   */
+  private answeredInTime(write: Promise<void>, haltable = false): Promise<boolean> {
     const timeoutMs = this.primaryTimeoutMs;
-    if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) return write.then(() => true);
+    const bounded = timeoutMs > 0 && Number.isFinite(timeoutMs);
+    if (!bounded && !haltable) return write.then(() => true);
     return new Promise<boolean>((resolve, reject) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
+      const settle = () => {
+        clearTimeout(timer);
+        this.haltWaits.delete(halt);
+      };
+      const halt = () => {
+        settle();
+        resolve(false);
+      };
+      const timer = bounded ? setTimeout(halt, timeoutMs) : undefined;
+      if (haltable) this.haltWaits.add(halt);
       write.then(
         () => {
-          clearTimeout(timer);
+          settle();
           resolve(true);
         },
         (error: unknown) => {
-          clearTimeout(timer);
+          settle();
           reject(error);
         },
       );
     });
   }
 
-  /** Follows a timed-out write to its end: if it lands, its events are in the log and count as written. */
-  private lateAttempt(write: Promise<void>, count: number): LateAttempt {
+  /** Follows a timed-out write to its end: if it lands, its events are in the log and `landed` counts them. */
+  private lateAttempt(write: Promise<void>, landed: () => void): LateAttempt {
     const attempt: { outcome: LateAttempt['outcome']; settled: Promise<void> } = { outcome: 'in-flight', settled: Promise.resolve() };
     attempt.settled = write.then(
       () => {
         attempt.outcome = 'landed';
-        this.counts.written += count;
-        this.counts.writtenLate += count;
+        landed();
       },
       (error: unknown) => {
         attempt.outcome = 'failed';
@@ -852,7 +896,6 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
           break;
         }
         await this.replayChunk(chunk);
-        this.catchingUp = true;
         await this.inLane(() => this.dropChunk(chunk));
       }
     } catch (error) {
@@ -876,27 +919,26 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     // Never ahead of a timed-out write of these events still in flight: it may yet land them. (The primary
     // serialises writes, so replaying anything else meanwhile only queues behind it.)
     if (chunk.ties.some((tie) => tie.attempt.outcome === 'in-flight')) {
-      await Promise.all(chunk.ties.map((tie) => tie.attempt.settled));
+      // However long that takes, new writes wait in the spool, not in memory.
+      this.stopCatchingUp();
+      if (!(await this.unlessHalted(Promise.all(chunk.ties.map((tie) => tie.attempt.settled))))) {
+        throw new EventLogTimeoutError(this.primaryTimeoutMs);
+      }
     }
     if (chunk.replayed + landedAhead(chunk) >= chunk.count) {
       chunk.replayed = chunk.count;
       return;
     }
-    let events = chunk.events;
-    if (events === null) {
-      let read: SpoolFileContents;
-      try {
-        read = await readSpoolFile(chunk.path!);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-        // Deleted behind the sink's back: nothing can bring these back, say so once and move on.
-        const lost = chunk.count - chunk.replayed - landedAhead(chunk);
-        this.counts.lost += lost;
-        this.log.error('event_log_spool_file_lost', { path: chunk.path, events: lost });
-        return;
-      }
-      // This process wrote the file: lines past `count` are from an append that failed (and was held elsewhere).
-      events = chunk.fromPreviousRun ? read.events : read.events.slice(0, chunk.count);
+    let events: UsageEvent[];
+    try {
+      events = await this.eventsOf(chunk);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      // Deleted behind the sink's back: nothing can bring these back, say so once and move on.
+      const lost = chunk.count - chunk.replayed - landedAhead(chunk);
+      this.counts.lost += lost;
+      this.log.error('event_log_spool_file_lost', { path: chunk.path, events: lost });
+      return;
     }
     while (chunk.replayed < events.length) {
       const tie = chunk.ties.find((t) => t.from + t.count > chunk.replayed && t.attempt.outcome === 'landed');
@@ -907,12 +949,79 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
       }
       const end = Math.min(events.length, chunk.replayed + this.replayBatchEvents, tie?.from ?? Infinity);
       const batch = events.slice(chunk.replayed, end);
-      await this.primary.write(batch);
+      await this.replayBatch(chunk, batch);
       chunk.replayed += batch.length;
-      this.counts.replayed += batch.length;
-      if (chunk.fromPreviousRun) this.counts.replayedFromPreviousRun += batch.length;
-      this.notifyReplayed(batch);
+      this.countReplayed(chunk, batch);
+      this.catchUpIfNearlyDone();
     }
+  }
+
+  /**
+   * One replay write, bounded like a direct write. One the primary has not answered in time fails the retry; its
+   * events stay in the chunk, tied to the write, so that a late landing counts as replayed and is not replayed again.
+   */
+  private async replayBatch(chunk: SpoolChunk, batch: UsageEvent[]): Promise<void> {
+    if (this.replayHalted) throw new EventLogTimeoutError(this.primaryTimeoutMs);
+    let write: Promise<void>;
+    try {
+      write = this.primary.write(batch);
+    } catch (error) {
+      write = Promise.reject(error);
+    }
+    if (await this.answeredInTime(write, true)) return;
+    const attempt = this.lateAttempt(write, () => this.countReplayed(chunk, batch));
+    // Every other tie of this range has settled (replayChunk waited) and none landed (the batch stops short of
+    // those): failed ties change nothing, so they make way for this one, which keeps the ties in order.
+    const ties = chunk.ties.filter((tie) => tie.attempt.outcome !== 'failed');
+    const at = ties.findIndex((tie) => tie.from >= chunk.replayed);
+    ties.splice(at < 0 ? ties.length : at, 0, { from: chunk.replayed, count: batch.length, attempt });
+    chunk.ties = ties;
+    throw new EventLogTimeoutError(this.primaryTimeoutMs);
+  }
+
+  private countReplayed(chunk: SpoolChunk, batch: readonly UsageEvent[]): void {
+    this.counts.replayed += batch.length;
+    if (chunk.fromPreviousRun) this.counts.replayedFromPreviousRun += batch.length;
+    // A replay write that lands after close is in the log, where the next start's catch-up counts it.
+    if (!this.closed) this.notifyReplayed(batch);
+  }
+
+  /**
+   * Once the backlog is down to about one replay batch, new writes wait in memory for it and then go to the primary
+   * right behind it (see recover()). Not before: until then they go to the spool, where they are durable.
+   */
+  private catchUpIfNearlyDone(): void {
+    if (this.catchingUp) return;
+    let backlog = this.incomingEvents;
+    for (const chunk of this.chunks) backlog += chunk.count - chunk.replayed - landedAhead(chunk);
+    if (backlog <= this.replayBatchEvents) this.catchingUp = true;
+  }
+
+  /** Resolves true once `settled` (which never rejects) resolves, false if close() halts replay first. */
+  private unlessHalted(settled: Promise<unknown>): Promise<boolean> {
+    if (this.replayHalted) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const halt = () => resolve(false);
+      this.haltWaits.add(halt);
+      void settled.then(() => {
+        this.haltWaits.delete(halt);
+        resolve(true);
+      });
+    });
+  }
+
+  /** Replay writes nothing more, and what it waits for resolves as if the log had not answered. */
+  private haltReplay(): void {
+    this.replayHalted = true;
+    for (const halt of [...this.haltWaits]) halt();
+    this.haltWaits.clear();
+  }
+
+  /** New writes go to the spool again; those waiting for the catch-up go first. */
+  private stopCatchingUp(): void {
+    if (!this.catchingUp) return;
+    this.catchingUp = false;
+    if (this.incoming.length > 0) this.scheduleAppend();
   }
 
   /** Forgets a chunk whose every event is durably in the primary, deleting its spool file. Never throws. */
@@ -1005,11 +1114,13 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
   private async shutDown(): Promise<void> {
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.retryTimer = null;
-    if (this.retrying !== null) await this.retrying;
-    await this.settleWrites();
-    if (this.state === 'degraded') {
-      await this.retryNow();
-      await this.settleWrites();
+    const lastReplay = this.lastReplay();
+    const answered = await settlesWithin(lastReplay, this.primaryTimeoutMs);
+    if (!answered) {
+      this.log.warn('event_log_close_timeout', { spool: this.spoolDir, pending: this.stats().pending, timeout_ms: this.primaryTimeoutMs });
+      // Replay stops writing and waiting now: its write in flight stays tied to its events, which stay in the spool.
+      this.haltReplay();
+      await lastReplay;
     }
     if (this.spoolBroken) await this.inLane(() => this.respool());
     await this.inLane(async () => {
@@ -1020,6 +1131,7 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
       }
       this.chunks = this.chunks.filter((chunk) => chunk.path !== null);
       if (this.current !== null) await this.seal(this.current);
+      for (const chunk of [...this.chunks]) await this.dropReplayedLines(chunk);
     });
     const left = this.stats();
     if (left.pending > 0) {
@@ -1027,7 +1139,98 @@ export class SpoolingEventSink<Primary extends EventSink = EventSink> implements
     }
     await Promise.allSettled([...this.notifications]);
     this.closed = true;
-    await this.primary.close?.();
+    const primaryClosed = Promise.resolve().then(() => this.primary.close?.());
+    // A log that did not answer the last replay would only hold close up as well (it waits for its writes in flight).
+    if (!answered || !(await settlesWithin(primaryClosed, this.primaryTimeoutMs))) {
+      primaryClosed.catch((error: unknown) => this.log.warn('event_log_close_failed', { error: describeError(error) }));
+      if (answered) this.log.warn('event_log_close_timeout', { timeout_ms: this.primaryTimeoutMs });
+      return;
+    }
+    await primaryClosed;
+  }
+
+  /** Waits for the replay and the writes in flight, then makes a last replay attempt if anything is pending. */
+  private async lastReplay(): Promise<void> {
+    if (this.retrying !== null) await this.retrying;
+    await this.settleWrites();
+    if (this.state === 'degraded' && !this.replayHalted) {
+      await this.retryNow();
+      await this.settleWrites();
+    }
+  }
+
+  /**
+   * Rewrites a spool file some of whose events are durably in the primary (replayed before a retry failed, or
+   * landed by a late write) to hold only the others, so that the next start does not replay those again. The new
+   * file is durable before the old one goes, and its name sorts where the old one did. On failure the file is kept
+   * whole: its events are replayed again, and readers drop the copies. Never throws.
+   */
+  private async dropReplayedLines(chunk: SpoolChunk): Promise<void> {
+    if (chunk.path === null || (chunk.replayed === 0 && landedAhead(chunk) === 0)) return;
+    const old = chunk.path;
+    let left: { events: UsageEvent[]; ties: Tie[] };
+    let rewritten: { path: string; bytes: number } | null = null;
+    try {
+      left = unreplayed(chunk, await this.eventsOf(chunk));
+      if (left.events.length > 0) rewritten = await this.writeSpoolFile(besideName(old), left.events);
+    } catch (error) {
+      this.log.warn('event_log_spool_file_not_trimmed', { error: describeError(error), path: old });
+      return;
+    }
+    // The new file, if any, holds every event still owed: the old one may go.
+    if (rewritten === null) {
+      this.chunks = this.chunks.filter((other) => other !== chunk);
+      this.release(chunk);
+      chunk.ties = [];
+    } else {
+      if (chunk.events !== null) {
+        this.heldEvents -= chunk.events.length - left.events.length;
+        chunk.events = left.events;
+      }
+      chunk.path = rewritten.path;
+      chunk.count = left.events.length;
+      chunk.bytes = rewritten.bytes;
+      chunk.replayed = 0;
+      chunk.ties = left.ties;
+      chunk.oldestDay = oldestDayOf(left.events, null);
+    }
+    try {
+      await unlink(old);
+      await syncDirectory(this.spoolDir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      this.log.warn('event_log_spool_file_not_removed', { error: describeError(error), path: old });
+    }
+  }
+
+  /** Writes a complete spool file under a new name, durably (file and directory entry); removes it on failure. */
+  private async writeSpoolFile(path: string, events: readonly UsageEvent[]): Promise<{ path: string; bytes: number }> {
+    const data = Buffer.from(events.map((event) => JSON.stringify(event) + '\n').join(''), 'utf8');
+    const file = await open(path, 'wx');
+    try {
+      await writeAll(file, data);
+      await file.datasync();
+    } catch (error) {
+      await file.close().catch(() => undefined);
+      await unlink(path).catch(() => undefined);
+      throw error;
+    }
+    await file.close().catch(() => undefined);
+    try {
+      await syncDirectory(this.spoolDir);
+    } catch (error) {
+      await unlink(path).catch(() => undefined);
+      throw error;
+    }
+    return { path, bytes: data.length };
+  }
+
+  /** Every event of a chunk, read back from its spool file when memory no longer holds them. */
+  private async eventsOf(chunk: SpoolChunk): Promise<UsageEvent[]> {
+    if (chunk.events !== null) return chunk.events;
+    const read = await readSpoolFile(chunk.path!);
+    // This process wrote the file: lines past `count` are from an append that failed (and was held elsewhere).
+    return chunk.fromPreviousRun ? read.events : read.events.slice(0, chunk.count);
   }
 
   /** Waits until no direct write, spool append or catch-up hand-over is in flight. */
@@ -1104,6 +1307,32 @@ function landedAhead(chunk: SpoolChunk): number {
     if (tie.attempt.outcome === 'landed') landed += Math.max(0, tie.from + tie.count - Math.max(tie.from, chunk.replayed));
   }
   return landed;
+}
+
+/** True when `promise` settles within `timeoutMs` (always, once it settles, when that is not a bound). */
+async function settlesWithin(promise: Promise<unknown>, timeoutMs: number): Promise<boolean> {
+  const settled = promise.then(
+    () => true,
+    () => true,
+  );
+  if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) return settled;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  try {
+    return await Promise.race([settled, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * A new spool file name that sorts where `path` does among the others (replay after a restart goes by name): the
+ * same name with a random part added, or replacing the one an earlier rewrite added.
+ */
+function besideName(path: string): string {
+  return `${path.replace(/(-r[0-9a-f]{8})?\.ndjson$/, '')}-r${randomBytes(4).toString('hex')}.ndjson`;
 }
 
 function oldestDayOf(events: readonly UsageEvent[], oldest: string | null): string | null {

@@ -85,6 +85,19 @@ async function waitFor(condition: () => boolean | Promise<boolean>, what: string
   }
 }
 
+/** `promise`, or a failure instead of a hang when it never settles; the deadline is far beyond what it needs. */
+async function settles<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const gaveUp = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`gave up waiting until ${what}`)), 10_000);
+  });
+  try {
+    return await Promise.race([promise, gaveUp]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 const diskFull = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
 
 /** A primary that fails on demand, in front of a real file sink; counts the writes it is given. */
@@ -571,12 +584,15 @@ describe('SpoolingEventSink', () => {
       // 4: replay of the second, held until the slow write has timed out (new writes wait in memory meanwhile).
       // (On a disk so slow that the timeout fires before the catch-up, the write is spooled as usual: same outcome.)
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'fail', 'pass', 'hold']);
-      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 1_000, spoolFileBytes: 1, initialRetryMs: 3_600_000 });
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 1_500, spoolFileBytes: 1, initialRetryMs: 3_600_000 });
       const [slow, failed, spooled] = [eventsFrom('slow', 1), eventsFrom('failed', 1), eventsFrom('spooled', 1)];
       const slowWrite = sink.write(slow);
       await sink.write(failed);
       await sink.write(spooled);
 
+      // A replay write is bounded by the same timeout: started well after the slow write, it times out well after
+      // it, which leaves the test time to see the slow write wait with the catch-up and to let the replay write land.
+      await new Promise((resolve) => setTimeout(resolve, 750));
       const retry = sink.retryNow();
       await waitFor(() => primary.held.length === 2, 'the second spool file is being replayed');
       await waitFor(() => sink.stats().pending === 2, 'the slow write has timed out and waits with the catch-up');
@@ -592,6 +608,152 @@ describe('SpoolingEventSink', () => {
       for (const [id, count] of copies) assert.equal(count, 1, `${id} is in the log once`);
       assert.equal(sink.stats().writtenLate, 1);
       assert.deepEqual(await spoolFiles(dataDir), []);
+    });
+  });
+
+  describe('an event log that hangs', () => {
+    it('opens within primaryTimeoutMs over a leftover spool, replays it in the background, and counts a replay write that lands late once', async () => {
+      const dataDir = await freshDir();
+      const left = eventsFrom('left', 2);
+      await mkdir(join(dataDir, 'spool'));
+      await writeFile(join(dataDir, 'spool', 'spool-1795356187123-4242-00000001.ndjson'), left.map((event) => JSON.stringify(event) + '\n').join(''));
+      const { log, named } = capturingLog();
+      const replayedToHook: string[] = [];
+      // The replay write at start is held: the events directory is on a mount that does not answer.
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold']);
+      const sink = await settles(
+        SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: 50, initialRetryMs: 3_600_000, onReplayed: (events) => void replayedToHook.push(...ids(events)) }),
+        'the sink opens',
+      );
+      assert.equal(sink.stats().state, 'degraded');
+      assert.equal(sink.stats().pending, 2);
+      assert.equal(named('event_log_replay_in_background').length, 1);
+      assert.equal((await spoolFiles(dataDir)).length, 1, 'the leftover stays in the spool while its replay hangs');
+
+      const fresh = eventsFrom('fresh', 1, '2026-11-22T11:00:00.000Z');
+      await settles(sink.write(fresh), 'a new write is acknowledged');
+      assert.ok((await spooledIds(dataDir)).includes(fresh[0]!.request_id), 'new writes are spooled behind the leftover');
+      assert.equal(sink.stats().pendingInMemoryOnly, 0);
+
+      // The hung replay write lands after all: replayed, and not to be replayed again.
+      await primary.held[0]!.land();
+      assert.equal(sink.stats().replayedFromPreviousRun, 2);
+      assert.equal(sink.stats().pending, 1);
+      assert.equal(await sink.retryNow(), true);
+      await sink.close();
+      assert.deepEqual(primary.calls, [ids(left), ids(fresh)], 'the event log is given each event once');
+      assert.deepEqual(ids(await logged(dataDir)), [...ids(left), ...ids(fresh)]);
+      assert.deepEqual(replayedToHook, [...ids(left), ...ids(fresh)], 'onReplayed hears of the late replay write once');
+      assert.deepEqual(await spoolFiles(dataDir), []);
+    });
+
+    it('closes within primaryTimeoutMs when the last replay hangs, leaving the events in the spool for the next start', async () => {
+      const dataDir = await freshDir();
+      const { log, named } = capturingLog();
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['fail', 'hold']);
+      const sink = await SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: 50, initialRetryMs: 3_600_000 });
+      const events = eventsFrom('hung', 2);
+      await sink.write(events);
+      await settles(sink.close(), 'close resolves');
+      assert.equal(primary.calls.length, 2, 'the last replay was tried');
+      assert.equal(named('event_log_close_timeout').length, 1);
+      assert.equal(sink.stats().state, 'closed');
+      assert.equal(sink.stats().pending, 2);
+      assert.deepEqual(await spooledIds(dataDir), ids(events), 'what the log did not answer stays in the spool');
+
+      primary.held[0]!.fail();
+      const next = await open(dataDir);
+      assert.deepEqual(ids(await logged(dataDir)), ids(events));
+      await next.close();
+    });
+  });
+
+  it('keeps spooling new writes while a long backlog is replayed, and holds them in memory only for its last batch', async () => {
+    const dataDir = await freshDir();
+    // The first write fails, then every replay write is held until the test lets it land.
+    const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['fail', ...Array<'hold'>(6).fill('hold')]);
+    const sink = await SpoolingEventSink.open({ primary, dataDir, spoolFileBytes: 1, replayBatchEvents: 1, initialRetryMs: 3_600_000 });
+    const old = eventsFrom('old', 5);
+    for (const event of old) await sink.write([event]);
+    assert.equal(sink.stats().spoolFiles, 5);
+
+    const retry = sink.retryNow();
+    const landNext = async () => {
+      const next = primary.held.length;
+      await waitFor(() => primary.held.length > next, `replay write ${next + 1} is made`);
+      await primary.held[next]!.land();
+    };
+    await landNext();
+    await waitFor(() => primary.held.length === 2, 'the second spool file is being replayed');
+
+    // Four events to go: a new write is spooled, durable, rather than held for the rest of the replay.
+    const [early] = eventsFrom('early', 1, '2026-11-22T11:00:00.000Z');
+    let acknowledged = false;
+    const earlyWrite = sink.write([early!]).then(() => {
+      acknowledged = true;
+    });
+    await sink.flush();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(acknowledged, true, 'the write is acknowledged during the replay');
+    assert.ok((await spooledIds(dataDir)).includes(early!.request_id));
+    assert.equal(sink.stats().pendingInMemoryOnly, 0);
+    await earlyWrite;
+
+    // Land the rest of the old files; then only the spool file with the early write is left, the last batch.
+    await primary.held[1]!.land();
+    for (let i = 0; i < 3; i++) await landNext();
+    await waitFor(() => primary.held.length === 6, 'the last spool file is being replayed');
+    const [late] = eventsFrom('late', 1, '2026-11-22T12:00:00.000Z');
+    const lateWrite = sink.write([late!]);
+    assert.equal(sink.stats().pendingInMemoryOnly, 1, 'held for the catch-up, the write is in memory only');
+    assert.equal(sink.stats().pending, 2);
+
+    await primary.held[5]!.land();
+    assert.equal(await retry, true);
+    await lateWrite;
+    await sink.close();
+    assert.deepEqual(ids(await logged(dataDir)), [...ids(old), early!.request_id, late!.request_id], 'in the order they were made');
+    assert.deepEqual(primary.calls.at(-1), [late!.request_id], 'the held write goes straight to the log');
+    assert.equal(sink.stats().written, 1);
+    assert.deepEqual(await spoolFiles(dataDir), []);
+  });
+
+  describe('closing with a spool file partly in the log', () => {
+    it('rewrites a partly replayed file without the replayed events, in its place among the spool files', async () => {
+      const dataDir = await freshDir();
+      const [a, b, c] = eventsFrom('part', 3);
+      // A direct write fails; replay gets the first event through and fails on the second; so does the last replay.
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['fail', 'pass', 'fail', 'fail']);
+      const twoEvents = 2 * Buffer.byteLength(JSON.stringify(a) + '\n');
+      const sink = await SpoolingEventSink.open({ primary, dataDir, spoolFileBytes: twoEvents, replayBatchEvents: 1, initialRetryMs: 3_600_000 });
+      for (const event of [a!, b!, c!]) await sink.write([event]);
+      assert.equal((await spoolFiles(dataDir)).length, 2, 'a and b in one file, c in the next');
+      assert.equal(await sink.retryNow(), false);
+      assert.deepEqual(ids(await logged(dataDir)), [a!.request_id]);
+      await sink.close();
+      assert.deepEqual(await spooledIds(dataDir), ids([b!, c!]), 'the replayed event is no longer in the spool');
+      assert.equal(sink.stats().pending, 2);
+
+      const next = await open(dataDir);
+      assert.deepEqual(ids(await logged(dataDir)), ids([a!, b!, c!]), 'each event once, in order');
+      await next.close();
+    });
+
+    it('rewrites a file holding a timed-out write that landed late without that write', async () => {
+      const dataDir = await freshDir();
+      const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'fail']);
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const [slow, after] = [eventsFrom('slow', 1), eventsFrom('after', 1, '2026-11-22T11:00:00.000Z')];
+      await sink.write(slow);
+      await sink.write(after);
+      assert.deepEqual(await spooledIds(dataDir), ids([...slow, ...after]), 'one spool file with both');
+      await primary.held[0]!.land();
+      await sink.close();
+      assert.deepEqual(await spooledIds(dataDir), ids(after), 'the late write is not left to be replayed again');
+
+      const next = await open(dataDir);
+      assert.deepEqual([...(await copiesInLog(dataDir))], [[slow[0]!.request_id, 1], [after[0]!.request_id, 1]]);
+      await next.close();
     });
   });
 });
