@@ -73,6 +73,14 @@ export interface ProxyDeps {
   /** Milliseconds since the epoch. @default Date.now */
   readonly now?: () => number;
   readonly newId?: () => string;
+  /**
+   * Whether a finished request's bookkeeping (pricing, the event, the stores) waits for a timer turn instead of
+   * running as soon as the last byte is handed over. A server answering many requests at once sets it: a request
+   * that has already arrived (the next one on a kept-alive connection) is then read and forwarded first, and the
+   * bookkeeping runs while that one waits for the upstream. A runtime with one request at a time (Lambda) gains
+   * nothing from it. The event's latency is taken when the answer ends either way. @default false
+   */
+  readonly deferMetering?: boolean;
 }
 
 // RFC 9110 §7.6.1 connection-specific fields, plus the framing fields the runtime recomputes.
@@ -325,6 +333,8 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       usageSource: UsageSource;
       error: string | null;
       ttft: number | null;
+      /** When the answer ended; now when not given. */
+      endedAt?: number;
     }): UsageEvent => {
       const price = priceOf(fields.usage, fields.model, provider, startedAt);
       return {
@@ -339,7 +349,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
         method: request.method,
         status: fields.status,
         stream: prepared.stream,
-        latency_ms: Math.max(0, now() - started),
+        latency_ms: Math.max(0, (fields.endedAt ?? now()) - started),
         ttft_ms: fields.ttft,
         ...fields.usage,
         cost_usd: price.cost_nano_usd === null ? null : price.cost_nano_usd / 1e9,
@@ -463,11 +473,13 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
     const finish = (how: 'complete' | 'client_closed' | 'upstream_broken', failure?: unknown): void => {
       if (finished) return;
       finished = true;
+      const endedAt = now();
       request.signal.removeEventListener('abort', onClientAbort);
       const reading: MeterReading = meter.reading();
       const ok = status >= 200 && status < 300;
       const model = reading.model ?? prepared.requestedModel;
       const recordPromise = (async () => {
+        if (deps.deferMetering === true) await new Promise<void>((resolve) => setTimeout(resolve, 0));
         let usage: TokenUsage = NO_TOKENS;
         let usageSource: UsageSource = 'none';
         if (reading.usage !== null) {
@@ -497,7 +509,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
         if (how === 'upstream_broken') {
           deps.log.warn('upstream_stream_broken', { request_id: prepared.requestId, error: describeError(failure) });
         }
-        await meterAfterResponse(event({ status, model, usage, usageSource, error, ttft }));
+        await meterAfterResponse(event({ status, model, usage, usageSource, error, ttft, endedAt }));
       })();
       context.waitUntil(recordPromise);
     };

@@ -103,6 +103,7 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
     tokenCounter: lazyTokenCounter(async () => (await import('../tokenizer')).o200kCounter),
     log,
     fetch: options.fetch ?? createUpstreamClient({ log }),
+    deferMetering: true,
   });
   const metrics = createMetricsApi({ counters, metricsKeys: new StaticKeyStore(config.metricsKeys), log, storedUserId: userIdPolicy({ hashSecret: config.userIdHashSecret }).stored, routes: [...limitRoutes({ store: limits, config: limitsConfig }), ...historyRoutes({ history, log })] });
   return {

@@ -3,7 +3,14 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 import { collectingContext } from '../../lambda/core/handler';
 import { signUserId } from '../../lambda/core/identity';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream';
+import { proxyConfigFromEnv } from '../../lambda/core/config';
+import { StaticKeyStore } from '../../lambda/core/keys';
+import { silentLogger } from '../../lambda/core/log';
+import { createProxy } from '../../lambda/core/proxy';
+import { lazyTokenCounter } from '../../lambda/core/tokens';
+import { UsageRecorder } from '../../lambda/core/usage-recorder';
 import { JSON_HEADERS, chatBody, coreHarness, type CoreHarness } from '../support/core-harness';
+import { RecordingCounters, RecordingSink } from '../support/recording-stores';
 
 let upstream: FakeUpstream;
 let gw: CoreHarness;
@@ -524,5 +531,36 @@ describe('pseudonymised user ids', () => {
       body: chatBody(),
     });
     assert.equal(again.event?.user_id, event?.user_id, 'the same user maps to the same id');
+  });
+});
+
+describe('deferred metering (the local server)', () => {
+  it('writes the event on a later timer turn, not in the turn that ends the answer, with latency taken at the end', async () => {
+    const sink = new RecordingSink();
+    let clock = 1_000;
+    const proxy = createProxy({
+      config: proxyConfigFromEnv({ UPSTREAM_OPENAI_URL: upstream.url }),
+      gatewayKeys: new StaticKeyStore([]),
+      recorder: new UsageRecorder({ sink, counters: new RecordingCounters(), log: silentLogger }),
+      tokenCounter: lazyTokenCounter(async () => (await import('../../lambda/tokenizer')).o200kCounter),
+      log: silentLogger,
+      now: () => clock,
+      deferMetering: true,
+    });
+    const context = collectingContext();
+    const response = await proxy(
+      new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() }),
+      context,
+    );
+    clock += 250;
+    await response.text();
+    // Within the same turn the answer is complete but nothing is recorded yet; the clock moves on meanwhile.
+    await Promise.resolve();
+    assert.equal(sink.events.length, 0, 'the event waits for a timer turn');
+    clock += 5_000;
+    await context.settled();
+    assert.equal(sink.events.length, 1);
+    assert.equal(sink.events[0]!.latency_ms, 250, 'latency ends with the answer, not with the bookkeeping');
+    assert.equal(sink.events[0]!.usage_source, 'provider');
   });
 });
