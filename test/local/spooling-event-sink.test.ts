@@ -98,6 +98,12 @@ async function settles<T>(promise: Promise<T>, what: string): Promise<T> {
   }
 }
 
+/**
+ * The timeout for tests where a held write must time out but every other write must answer in time: a real file
+ * write and fsync, which on a loaded machine can take tens of milliseconds. Each held write costs a test this long.
+ */
+const HUNG_MS = 1_000;
+
 const diskFull = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
 
 /** A primary that fails on demand, in front of a real file sink; counts the writes it is given. */
@@ -478,7 +484,7 @@ describe('SpoolingEventSink', () => {
       const dataDir = await freshDir();
       const { log, named } = capturingLog();
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold']);
-      const sink = await SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const sink = await SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: HUNG_MS, initialRetryMs: 3_600_000 });
       const [event] = eventsFrom('late', 1);
       await sink.write([event!]);
       assert.equal(sink.stats().state, 'degraded', 'a write that does not answer degrades the sink');
@@ -504,7 +510,7 @@ describe('SpoolingEventSink', () => {
     it('does not replay it while the write is still in flight, and replays it once the write fails', async () => {
       const dataDir = await freshDir();
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold']);
-      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: HUNG_MS, initialRetryMs: 3_600_000 });
       const [event] = eventsFrom('pending', 1);
       await sink.write([event!]);
 
@@ -532,7 +538,7 @@ describe('SpoolingEventSink', () => {
       const dataDir = await freshDir();
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'hold']);
       // No events kept in memory: replay reads the spool file back, where the late writes' events are found by position.
-      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, maxMemoryEvents: 0, replayBatchEvents: 2, initialRetryMs: 3_600_000 });
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: HUNG_MS, maxMemoryEvents: 0, replayBatchEvents: 2, initialRetryMs: 3_600_000 });
       const landing = eventsFrom('landing', 3);
       const failing = eventsFrom('failing', 2);
       const spooled = eventsFrom('spooled', 3);
@@ -563,7 +569,7 @@ describe('SpoolingEventSink', () => {
     it('keeps it in the spool while the write hangs, so a process that dies then loses nothing', async () => {
       const dataDir = await freshDir();
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'fail']);
-      const crashed = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const crashed = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: HUNG_MS, initialRetryMs: 3_600_000 });
       const [event] = eventsFrom('crash', 1);
       await crashed.write([event!]);
       // The process dies here, the write never answered: the next one finds the event in the spool.
@@ -622,7 +628,7 @@ describe('SpoolingEventSink', () => {
       // The replay write at start is held: the events directory is on a mount that does not answer.
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold']);
       const sink = await settles(
-        SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: 50, initialRetryMs: 3_600_000, onReplayed: (events) => void replayedToHook.push(...ids(events)) }),
+        SpoolingEventSink.open({ primary, dataDir, log, primaryTimeoutMs: HUNG_MS, initialRetryMs: 3_600_000, onReplayed: (events) => void replayedToHook.push(...ids(events)) }),
         'the sink opens',
       );
       assert.equal(sink.stats().state, 'degraded');
@@ -742,7 +748,7 @@ describe('SpoolingEventSink', () => {
     it('rewrites a file holding a timed-out write that landed late without that write', async () => {
       const dataDir = await freshDir();
       const primary = new ScriptedPrimary(new FileEventSink({ dataDir }), ['hold', 'fail']);
-      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: 20, initialRetryMs: 3_600_000 });
+      const sink = await SpoolingEventSink.open({ primary, dataDir, primaryTimeoutMs: HUNG_MS, initialRetryMs: 3_600_000 });
       const [slow, after] = [eventsFrom('slow', 1), eventsFrom('after', 1, '2026-11-22T11:00:00.000Z')];
       await sink.write(slow);
       await sink.write(after);
