@@ -3,7 +3,7 @@
  * core's worth of CPU time) with the gateway or the load generator. Prints `listening <url>` once ready and stops
  * on SIGTERM or SIGINT.
  *
- * Usage: node --import tsx --import ./bench/exit-with-parent.ts bench/fake-upstream-child.ts
+ * Usage: node --import tsx --import ./bench/exit-with-parent.cjs bench/fake-upstream-child.ts
  */
 import { startFakeUpstream } from '../test/support/fake-upstream';
 

@@ -6,7 +6,7 @@
  *
  * Portkey listens on every interface (its start script passes no host); nothing here can change that.
  *
- * Usage: node --import tsx --import ./bench/exit-with-parent.ts bench/peer-portkey.ts
+ * Usage: node --import tsx --import ./bench/exit-with-parent.cjs bench/peer-portkey.ts
  */
 import { createServer } from 'node:net';
 import * as path from 'node:path';

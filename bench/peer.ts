@@ -3,7 +3,7 @@
  * script, see `bench/peer-portkey.ts`), both in front of the same fake OpenAI upstream, in one run on this machine.
  *
  * Four processes: the fake upstream (`bench/fake-upstream-child.ts`), this gateway as `npm start` runs it
- * (`bin/local-server.ts`, fresh DATA_DIR, gateway key required, metering every request), Portkey, and the load
+ * (`dist/local-server.cjs`, fresh DATA_DIR, gateway key required, metering every request), Portkey, and the load
  * generator (this one). Every measurement alternates direct → gateway → Portkey in rounds, so a drift in the
  * machine's speed hits all three alike. Before measuring, one request through each proxy must come back
  * byte-for-byte as the upstream's own answer (the fake's answers are deterministic), which proves the proxy really
@@ -24,7 +24,7 @@ import { settledEventsAndCounters } from './accounting';
 import { processCpuMs } from './cpu-time';
 import { closedLoop, HttpTarget, type BenchRequest, type Sample } from './load';
 import { ms, percentile, sortedMs } from './percentiles';
-import { killAllServersNow, startServerProcess, type ServerProcess } from './server-process';
+import { gatewayAsStarted, killAllServersNow, startServerProcess, type ServerProcess } from './server-process';
 
 export interface PeerBenchOptions {
   /** Requests per target in the 1-client non-streaming run; the other runs scale from it. @default 1000 */
@@ -122,10 +122,12 @@ export async function peerBench(options: PeerBenchOptions = {}): Promise<string[
       urlFrom: (line) => /^listening (http\S+)/.exec(line)?.[1],
     });
     servers.push(upstream);
+    const asStarted = await gatewayAsStarted();
     const [gateway, portkey] = await Promise.all([
       startServerProcess({
         name: 'gateway',
-        script: 'bin/local-server.ts',
+        script: asStarted.script,
+        nodeFlags: asStarted.nodeFlags,
         env: {
           ...process.env,
           NODE_OPTIONS: '',

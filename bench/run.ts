@@ -2,8 +2,9 @@
  * `npm run bench`: the gateway's overhead and capacity on this machine, in one run on loopback.
  *
  * Three processes, kept apart so none steals the other's event loop: the fake OpenAI upstream
- * (`bench/fake-upstream-child.ts`) and the gateway as `npm start` runs it (`bin/local-server.ts`, fresh temporary
- * DATA_DIR, LOG_LEVEL=warn, a gateway key required) each in a child process; the load generator in this one.
+ * (`bench/fake-upstream-child.ts`) and the gateway as `npm start` runs it (`bin/local-server.ts` bundled into
+ * `dist/local-server.cjs`, fresh temporary DATA_DIR, LOG_LEVEL=warn, a gateway key required) each in a child
+ * process; the load generator in this one.
  *
  * 1. Added latency: the same requests sent straight to the upstream and through the gateway, closed loop at 1 and
  *    64 clients over keep-alive connections, after a warm-up. Non-streaming chat completions are timed to the end
@@ -42,7 +43,7 @@ import { summariseCpuProfile, type ProfileSummary } from './cpu-profile';
 import { cpuBetween, machineCpu, readCpu, type CpuReading } from './cpu-time';
 import { closedLoop, HttpTarget, openLoop, type BenchRequest, type Sample } from './load';
 import { ms, percentile, sortedMs } from './percentiles';
-import { killAllServersNow, PROJECT_ROOT, startServerProcess, unexpectedServerExits, type ServerProcess } from './server-process';
+import { gatewayAsStarted, killAllServersNow, PROJECT_ROOT, startServerProcess, unexpectedServerExits, type ServerProcess } from './server-process';
 
 const argv = new Set(process.argv.slice(2));
 const QUICK = argv.has('--quick');
@@ -342,8 +343,8 @@ function renderReport(r: Report): string {
   );
   lines.push(
     'Rerun: `npm run bench` (about 2 minutes; rewrites this file). One run on loopback: the fake OpenAI upstream and the ' +
-      'gateway (`bin/local-server.ts`, local storage: event files + DuckDB counters, fresh DATA_DIR, gateway key ' +
-      'required, LOG_LEVEL=warn) each in a child process, the load generator (node:http, keep-alive) in the bench ' +
+      'gateway (`bin/local-server.ts` as `npm start` runs it: bundled into `dist/local-server.cjs`, on plain Node; ' +
+      'local storage: event files + DuckDB counters, fresh DATA_DIR, gateway key required, LOG_LEVEL=warn) each in a child process, the load generator (node:http, keep-alive) in the bench ' +
       'process: all three share the machine\'s cores.',
     '',
   );
@@ -620,10 +621,11 @@ async function main(): Promise<number> {
       METRICS_KEYS: '',
       LOG_LEVEL: 'warn',
     };
+    const asStarted = await gatewayAsStarted();
     const gateway = await startServerProcess({
       name: 'gateway',
-      script: 'bin/local-server.ts',
-      nodeFlags: profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : [],
+      script: asStarted.script,
+      nodeFlags: [...asStarted.nodeFlags, ...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : [])],
       env: gatewayEnv,
       urlFrom: (line) => /OpenAI base URL:\s+(http\S+)\/v1\s*$/.exec(line)?.[1],
     });

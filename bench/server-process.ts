@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
+import { buildLocalServer } from '../bin/build-local-server';
 
 export const PROJECT_ROOT = path.resolve(__dirname, '..');
 
@@ -47,18 +48,29 @@ export function killAllServersNow(): void {
   }
 }
 
+let gatewayBundle: Promise<string> | undefined;
+
 /**
- * Starts `node --import tsx --import ./bench/exit-with-parent.ts <script>` and resolves once it prints its URL.
+ * The gateway as `npm start` runs it: `bin/local-server.ts` bundled into `dist/local-server.cjs` (built once per
+ * benchmark run, from the sources as they are), with the node flags `npm start` gives it.
+ */
+export async function gatewayAsStarted(): Promise<{ readonly script: string; readonly nodeFlags: readonly string[] }> {
+  gatewayBundle ??= buildLocalServer();
+  return { script: path.relative(PROJECT_ROOT, await gatewayBundle), nodeFlags: ['--enable-source-maps'] };
+}
+
+/**
+ * Starts `node [--import tsx] --import ./bench/exit-with-parent.cjs <script>` and resolves once it prints its URL.
  * The child's stdin is a pipe held by this process: if this process dies without stopping it, the pipe closes
- * and the child stops itself (see `exit-with-parent.ts`).
+ * and the child stops itself (see `exit-with-parent.cjs`).
  */
 export function startServerProcess(options: ServerProcessOptions): Promise<ServerProcess> {
   const args = [
     ...(options.nodeFlags ?? []),
+    // TypeScript runs through tsx; a built JavaScript bundle on plain Node, as `npm start` runs it.
+    ...(options.script.endsWith('.ts') ? ['--import', 'tsx'] : []),
     '--import',
-    'tsx',
-    '--import',
-    './bench/exit-with-parent.ts',
+    './bench/exit-with-parent.cjs',
     options.script,
   ];
   const child = spawn(process.execPath, args, {

@@ -38,6 +38,12 @@ const COUNTER_FLUSH_MS = 500;
  * a crash loses at most this much of the windows' counts (the spending itself is in the event log).
  */
 const LIMIT_FLUSH_MS = 1_000;
+/**
+ * Least time between two event-log commits (write + fsync). A request's event reaches the disk at most this much
+ * later than it would otherwise, after its answer has been sent; in exchange a steady stream of requests shares
+ * fsyncs instead of paying one each, which takes work off the thread that serves requests.
+ */
+const EVENT_COMMIT_INTERVAL_MS = 10;
 
 export interface LocalGateway {
   readonly handler: FetchHandler;
@@ -79,7 +85,7 @@ export async function openLocalGateway(options: LocalGatewayOptions): Promise<Lo
   // Opened after the database (whose file lock makes this the only process on the data directory, which the spool
   // relies on) and before the catch-up, so a spool a previous process left is in the log when the catch-up reads it.
   const sink = await SpoolingEventSink.open({
-    primary: new FileEventSink({ dataDir, log }),
+    primary: new FileEventSink({ dataDir, log, minCommitIntervalMs: EVENT_COMMIT_INTERVAL_MS }),
     dataDir,
     log,
     onReplayed: countReplayed(counters, log),

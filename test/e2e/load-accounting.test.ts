@@ -46,6 +46,7 @@ import { isErrorEvent, nanoToUsd, type UsageEvent, type UsageSource } from '../.
 import { openDuckDb, type DuckDb } from '../../lambda/local/duckdb';
 import { eventsRelationSql } from '../../lambda/local/duckdb-history-store';
 import { listEventFiles, partitionDir, readEvents } from '../../lambda/local/event-files';
+import { buildLocalServer } from '../../bin/build-local-server';
 import { awslambdaShim, installAwslambdaShim } from '../support/awslambda-shim';
 import { FAKE_CREDENTIALS, TEST_REGION } from '../support/dynalite';
 import { startDynaliteProcess, type DynaliteProcess } from '../support/dynalite-process';
@@ -1084,6 +1085,7 @@ describe('exact accounting under load through the local gateway', () => {
   const METRICS_KEY = 'mk_load_key_0123456789abcdef';
   let upstream: FakeUpstream;
   let dataDir: string;
+  let bundleDir: string | undefined;
   let child: ChildProcess | undefined;
   let gatewayUrl: string;
   const gatewayOutput: string[] = [];
@@ -1091,9 +1093,13 @@ describe('exact accounting under load through the local gateway', () => {
   before(async () => {
     upstream = await startFakeUpstream({ record: false });
     dataDir = await mkdtemp(join(tmpdir(), 'gateway-load-'));
-    // The server as `npm start` runs it, in its own process: it has an event loop (and, when free, a core) of its own.
-    // The stdin pipe makes it stop itself should this process die without stopping it.
-    child = spawn(process.execPath, ['--import', 'tsx', '--import', './bench/exit-with-parent.ts', 'bin/local-server.ts'], {
+    // The server as `npm start` runs it (the bundle, on plain Node), in its own process: it has an event loop (and,
+    // when free, a core) of its own. The bundle is built afresh from the sources, inside the project so its native
+    // dependency resolves. The stdin pipe makes it stop itself should this process die without stopping it.
+    await mkdir(join(ROOT, 'dist'), { recursive: true });
+    bundleDir = await mkdtemp(join(ROOT, 'dist', 'test-load-'));
+    const bundle = await buildLocalServer(join(bundleDir, 'local-server.cjs'));
+    child = spawn(process.execPath, ['--enable-source-maps', '--import', './bench/exit-with-parent.cjs', bundle], {
       cwd: ROOT,
       env: {
         PATH: process.env.PATH,
@@ -1139,6 +1145,7 @@ describe('exact accounting under load through the local gateway', () => {
     }
     await upstream?.close();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    if (bundleDir) await rm(bundleDir, { recursive: true, force: true });
   });
 
   it(

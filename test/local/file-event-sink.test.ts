@@ -177,6 +177,25 @@ describe('FileEventSink', () => {
     assert.deepEqual((await collect(readEvents(dataDir))).map((event) => event.request_id), ids);
   });
 
+  it('holds writes for the next commit until minCommitIntervalMs has passed since the last one, but not at close', async () => {
+    const dataDir = freshDir();
+    const sink = new FileEventSink({ dataDir, minCommitIntervalMs: 60_000 });
+    const guard = <T>(promise: Promise<T>, what: string) =>
+      Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} did not settle`)), 10_000).unref())]);
+    await guard(sink.write([usageEvent('first', '2026-11-22T10:00:00.000Z')]), 'the first write, after a quiet spell,');
+
+    let acknowledged = 0;
+    const held = ['second', 'third'].map((id) => sink.write([usageEvent(id, '2026-11-22T10:00:00.000Z')]).then(() => void acknowledged++));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(acknowledged, 0, 'writes within the interval wait for the next commit');
+    assert.deepEqual((await collect(readEvents(dataDir))).map((event) => event.request_id), ['first']);
+
+    await guard(sink.close(), 'close');
+    await Promise.all(held);
+    assert.deepEqual((await collect(readEvents(dataDir))).map((event) => event.request_id), ['first', 'second', 'third']);
+    assert.equal(sink.stats().commits, 2, 'the held writes share one commit');
+  });
+
   it('flush() waits for queued writes, and writes after close() reject', async () => {
     const dataDir = freshDir();
     const sink = new FileEventSink({ dataDir });
