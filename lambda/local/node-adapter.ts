@@ -137,7 +137,7 @@ function watchBody(
   const socket = req.socket;
   const stop = () => {
     settled = true;
-    clearTimeout(idleTimer);
+    disarmIdle();
     clearTimeout(totalTimer);
     req.off('data', onData);
     socket.off('close', onGone);
@@ -167,8 +167,14 @@ function watchBody(
     onTimeout(error, deadline);
   };
   const armIdle = () => {
+    // Restarting the one timer, rather than replacing it, on every chunk.
+    if (idleTimer === undefined) idleTimer = setTimeout(() => expire('idle'), deadlines.idleMs).unref();
+    else idleTimer.refresh();
+  };
+  /** A cleared timer cannot be restarted by refresh(): forget it, so the next armIdle() makes a new one. */
+  const disarmIdle = () => {
     clearTimeout(idleTimer);
-    idleTimer = setTimeout(() => expire('idle'), deadlines.idleMs).unref();
+    idleTimer = undefined;
   };
   const onData = (chunk: Buffer) => {
     received += chunk.byteLength;
@@ -178,7 +184,7 @@ function watchBody(
         // The reader is behind: the client is not what we are waiting for until it catches up.
         paused = true;
         req.pause();
-        clearTimeout(idleTimer);
+        disarmIdle();
         return;
       }
     }

@@ -255,7 +255,8 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
   const client = async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
     const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
     const headers: Record<string, string> = {};
-    new Headers(init.headers).forEach((value, name) => {
+    // The proxy hands over a Headers it built for this call: read it as it is rather than copy it first.
+    (init.headers instanceof Headers ? init.headers : new Headers(init.headers)).forEach((value, name) => {
       headers[name] = value;
     });
     const body = bodyBytes(init.body);

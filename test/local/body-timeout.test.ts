@@ -251,6 +251,28 @@ describe('request body deadlines', () => {
     await assertNotForwarded(id);
   });
 
+  it('does not count a pause the gateway causes as idle, and watches for a stall again once it reads on', async () => {
+    // A handler slower than the idle deadline to read on after the first chunk: the body backs up past the stream's
+    // high-water mark, node stops reading the socket, and the idle deadline is off meanwhile.
+    const slowReader: FetchHandler = async (request) => {
+      const reader = request.body!.getReader();
+      await reader.read();
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      for (;;) if ((await reader.read()).done) break;
+      return new Response('{}', { status: 200, headers: { 'content-type': 'application/json' } });
+    };
+    const server = await serve(slowReader, { port: 0, host: '127.0.0.1', log: silentLogger, bodyIdleTimeoutMs: 200, bodyTimeoutMs: 5_000 });
+    servers.push(server);
+    const client = await openClient(Number(new URL(server.url).port));
+    // 256 KiB of the 512 KiB announced, at once; then the client stalls for good.
+    client.write(chatHead({ id: newCaseId('stall-after-backpressure'), framing: `Content-Length: ${512 * 1024}` }) + 'x'.repeat(256 * 1024));
+    const started = Date.now();
+    const ending = await client.ended;
+    // The stall is seen by the idle deadline once the handler reads on (after 600 ms), not by the total one (5 s).
+    assertBodyTimeout(ending, STALLED);
+    assert.ok(Date.now() - started >= 600, 'no timeout while the handler was the one behind');
+  });
+
   it('cuts a chunked body that stops mid-chunk', async () => {
     const { port } = await serveWith({ bodyIdleTimeoutMs: 200, bodyTimeoutMs: 5_000 });
     const id = newCaseId('stalled-chunk');
