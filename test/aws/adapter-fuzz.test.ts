@@ -815,7 +815,15 @@ before(async () => {
     if (ONLY !== undefined) process.stderr.write(`${line}\n`);
   });
   const s3Client = new S3Client({ endpoint: s3.endpoint, forcePathStyle: true, region: TEST_REGION, credentials: FAKE_CREDENTIALS });
-  const counters = createCounterStoreClient({ endpoint: dynamo.endpoint, region: TEST_REGION, credentials: FAKE_CREDENTIALS });
+  // dynalite runs in this process, sharing its event loop with thousands of generated cases: on a loaded machine an
+  // answer can take longer than the 3 s a call to DynamoDB itself is given, which would log an (ambiguous) counter
+  // failure that is no fault of the adapters.
+  const counters = createCounterStoreClient({
+    endpoint: dynamo.endpoint,
+    region: TEST_REGION,
+    credentials: FAKE_CREDENTIALS,
+    requestHandler: { connectionTimeout: 10_000, requestTimeout: 30_000, throwOnRequestTimeout: true },
+  });
   const proxyApp = createProxyApp(
     proxyLambdaConfigFromEnv({
       UPSTREAM_OPENAI_URL: upstreamUrl,
