@@ -152,8 +152,15 @@ export function windowStartOf(at: number, windowSeconds: number): number {
 
 /** `YYYY-MM` of `at`, UTC. */
 export function monthOf(at: number): string {
-  return new Date(at).toISOString().slice(0, 7);
+  // Every request asks, nearly always for the month it asked about last: remember that month's bounds.
+  if (at >= lastMonth.start && at < lastMonth.end) return lastMonth.month;
+  const date = new Date(at);
+  const month = date.toISOString().slice(0, 7);
+  lastMonth = { month, start: Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), 1), end: nextMonthStart(at) };
+  return month;
 }
+
+let lastMonth = { month: '', start: 0, end: 0 };
 
 /** Epoch milliseconds of the first instant of the UTC month after the one holding `at`. */
 export function nextMonthStart(at: number): number {

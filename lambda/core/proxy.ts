@@ -226,6 +226,8 @@ interface PreparedRequest {
   /** True when the gateway added `stream_options.include_usage` and must hide its effects. */
   readonly injectedUsage: boolean;
   readonly upstreamBody: Uint8Array | undefined;
+  /** The request's URL, parsed. */
+  readonly url: URL;
 }
 
 function isTokenEndpoint(endpoint: Endpoint): boolean {
@@ -263,8 +265,8 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       }
     }
     const properties = propertiesFrom(request.headers);
-    const path = new URL(request.url).pathname;
-    const endpoint = endpointOf(path);
+    const url = new URL(request.url);
+    const endpoint = endpointOf(url.pathname);
     const hasBody = request.method !== 'GET' && request.method !== 'HEAD';
     const raw = hasBody ? await readBody(request, deps.config.maxBodyBytes) : undefined;
     let body: Record<string, unknown> | undefined;
@@ -306,6 +308,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       stream,
       injectedUsage,
       upstreamBody,
+      url,
     };
   }
 
@@ -321,7 +324,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       logRefusal(deps.log, request, error, id);
       return errorResponse(error, { [GATEWAY_ID_HEADER]: id });
     }
-    const url = new URL(request.url);
+    const { url } = prepared;
     const path = url.pathname;
     let settle: (event: UsageEvent) => Promise<void> = async () => undefined;
     let limitHeaders: Readonly<Record<string, string>> = {};

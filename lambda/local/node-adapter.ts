@@ -14,6 +14,7 @@ import { DEFAULT_BODY_IDLE_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS } from '../core/c
 import { BadRequestError, GatewayError, MethodNotAllowedError, RequestTimeoutError, errorResponse } from '../core/errors';
 import type { ExecutionContext, FetchHandler } from '../core/handler';
 import { describeError, type Logger } from '../core/log';
+import { NodeRequest } from './web-messages';
 
 export interface ServeOptions {
   readonly port: number;
@@ -72,7 +73,7 @@ function carriesBody(method: string | undefined): boolean {
   return method !== 'GET' && method !== 'HEAD';
 }
 
-function requestFrom(req: IncomingMessage, signal: AbortSignal, body: ReadableStream<Uint8Array> | undefined): Request {
+function requestFrom(req: IncomingMessage, signal: AbortSignal, body: ReadableStream<Uint8Array> | undefined): NodeRequest {
   if (UNREPRESENTABLE_METHODS.has(req.method ?? '')) {
     throw new MethodNotAllowedError('method_not_allowed', `${req.method} is not supported.`, { param: 'method' });
   }
@@ -86,14 +87,7 @@ function requestFrom(req: IncomingMessage, signal: AbortSignal, body: ReadableSt
       // node:http has validated the header already; Headers is stricter about a few bytes. Skip, don't crash.
     }
   }
-  return new Request(url, {
-    method: req.method,
-    headers,
-    body,
-    signal,
-    // Required by Node's fetch for a streamed request body.
-    duplex: 'half',
-  } as RequestInit);
+  return new NodeRequest(url.href, req.method!, headers, signal, body ?? null);
 }
 
 interface BodyDeadlines {

@@ -1,7 +1,7 @@
 /**
  * The local server's upstream HTTP client: the subset of `fetch` the proxy core uses, on node:http(s) with
  * keep-alive agents. Node's built-in fetch spends about a millisecond of CPU per request on WHATWG plumbing that a
- * proxy hop does not need; this client answers with the same Web `Response`, so the core cannot tell the difference.
+ * proxy hop does not need; this client answers with a Web `Response` (see web-messages.ts), so the core cannot tell the difference.
  *
  * Like fetch it decodes `content-encoding` (gzip, deflate, br), follows no redirects when asked not to, and rejects
  * when the signal aborts before the response headers; after that an abort destroys the body stream. Like browsers
@@ -14,6 +14,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { describeError, silentLogger, type Logger } from '../core/log';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { NodeResponse } from './web-messages';
 
 // Statuses whose responses never have a body (Response refuses one).
 const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
@@ -212,11 +213,13 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
           const hasBody = !NULL_BODY_STATUSES.has(status) && request.method !== 'HEAD';
           if (!hasBody) message.resume();
           resolve(
-            new Response(hasBody ? webStreamOf(decoded(message), message) : null, {
-              status: status < 200 || status > 599 ? 502 : status,
-              statusText: message.statusMessage ?? '',
-              headers: responseHeaders,
-            }),
+            new NodeResponse(
+              url.href,
+              status < 200 || status > 599 ? 502 : status,
+              message.statusMessage ?? '',
+              responseHeaders,
+              hasBody ? webStreamOf(decoded(message), message) : null,
+            ),
           );
         },
       );

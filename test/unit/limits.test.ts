@@ -154,6 +154,12 @@ describe('windows and months', () => {
   it('names UTC months and finds where the next one starts', () => {
     assert.equal(monthOf(Date.UTC(2026, 10, 30, 23, 59, 59, 999)), '2026-11');
     assert.equal(monthOf(Date.UTC(2026, 11, 1)), '2026-12');
+    // Asked again across a boundary, in either direction, after the month was remembered.
+    assert.equal(monthOf(Date.UTC(2026, 11, 1) - 1), '2026-11');
+    assert.equal(monthOf(Date.UTC(2026, 10, 1)), '2026-11');
+    assert.equal(monthOf(Date.UTC(2026, 10, 1) - 1), '2026-10');
+    assert.equal(monthOf(Date.UTC(2026, 11, 31, 23, 59, 59, 999)), '2026-12');
+    assert.equal(monthOf(Date.UTC(2027, 0, 1)), '2027-01');
     assert.equal(nextMonthStart(Date.UTC(2026, 11, 31, 12)), Date.UTC(2027, 0, 1));
   });
 });
