@@ -478,11 +478,12 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       finished = true;
       const endedAt = now();
       request.signal.removeEventListener('abort', onClientAbort);
-      const reading: MeterReading = meter.reading();
       const ok = status >= 200 && status < 300;
-      const model = reading.model ?? prepared.requestedModel;
       const recordPromise = (async () => {
         if (deps.deferMetering === true) await new Promise<void>((resolve) => setTimeout(resolve, 0));
+        // Read once the answer is out (the meter takes no more input): parsing it must not hold up the answer's end.
+        const reading: MeterReading = meter.reading();
+        const model = reading.model ?? prepared.requestedModel;
         let usage: TokenUsage = NO_TOKENS;
         let usageSource: UsageSource = 'none';
         if (reading.usage !== null) {
