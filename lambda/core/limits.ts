@@ -623,26 +623,41 @@ export function createLimiter(options: LimiterOptions): RequestLimiter {
       return {
         admitted: true,
         headers,
-        async settle(event: UsageEvent): Promise<void> {
-          const actual = event.cost_nano_usd;
-          // An answer without a known price keeps what was reserved: spending it is the safe side.
-          if (actual === null) return;
-          const adjustments: { counter: LimitCounter; amount: number }[] = [];
-          for (const c of checked) {
-            if (c.charge.counter.kind === 'window' && c.policy?.unit !== 'cents') continue;
-            if (actual !== c.charge.amount) adjustments.push({ counter: c.charge.counter, amount: actual - c.charge.amount });
-          }
-          // Spending is kept for every user, so a budget set mid-month counts what was already spent.
-          if (budget === null && actual > 0) adjustments.push({ counter: budgetCounter, amount: actual });
-          if (adjustments.length === 0) return;
-          try {
-            await store.adjust(adjustments);
-          } catch (error) {
-            log.error('limit_settle_failed', { request_id: event.request_id, error: describeError(error) });
-          }
-        },
+        settle: settlement(store, log, checked, budget, budgetCounter),
       };
     },
+  };
+}
+
+/**
+ * The settle step of an admitted request: the reservation is corrected to the request's real cost. Made out here
+ * so that it keeps only the charges, not the admission (the request's body and headers, and through them the whole
+ * request) for as long as the store takes to confirm, which can be its next flush.
+ */
+function settlement(
+  store: LimitStore,
+  log: Logger,
+  checked: readonly CheckedCharge[],
+  budget: number | null,
+  budgetCounter: LimitCounter,
+): (event: UsageEvent) => Promise<void> {
+  return async (event) => {
+    const actual = event.cost_nano_usd;
+    // An answer without a known price keeps what was reserved: spending it is the safe side.
+    if (actual === null) return;
+    const adjustments: { counter: LimitCounter; amount: number }[] = [];
+    for (const c of checked) {
+      if (c.charge.counter.kind === 'window' && c.policy?.unit !== 'cents') continue;
+      if (actual !== c.charge.amount) adjustments.push({ counter: c.charge.counter, amount: actual - c.charge.amount });
+    }
+    // Spending is kept for every user, so a budget set mid-month counts what was already spent.
+    if (budget === null && actual > 0) adjustments.push({ counter: budgetCounter, amount: actual });
+    if (adjustments.length === 0) return;
+    try {
+      await store.adjust(adjustments);
+    } catch (error) {
+      log.error('limit_settle_failed', { request_id: event.request_id, error: describeError(error) });
+    }
   };
 }
 

@@ -55,6 +55,10 @@ export type AdmissionDecision =
       settle(event: UsageEvent): Promise<void>;
     };
 
+type AdmittedDecision = Extract<AdmissionDecision, { readonly admitted: true }>;
+
+const ignore = (): undefined => undefined;
+
 /** Per-user limits and budgets, checked before anything is sent upstream. */
 export interface RequestLimiter {
   admit(admission: Admission): Promise<AdmissionDecision>;
@@ -247,6 +251,15 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
   const upstreamBase = deps.config.upstreamUrl;
   const userIds = userIdPolicy({ signingSecrets: deps.config.userIdSigningSecrets, hashSecret: deps.config.userIdHashSecret });
 
+  /**
+   * Records the event and releases the limiter's reservation, after the response; never rejects. It lives out
+   * here, and closes over nothing of a request, because the stores can take until their next flush to confirm
+   * (half a second and more): a function made inside the request's scope would keep that whole scope (request,
+   * body, answer, streams) alive as long, and a busy server's young heap full of them.
+   */
+  const recordAfterResponse = (usageEvent: UsageEvent, decision: AdmittedDecision | undefined): Promise<void> =>
+    Promise.all([deps.recorder.record(usageEvent), decision?.settle(usageEvent).catch(ignore)]).then(ignore);
+
   async function prepare(request: Request): Promise<PreparedRequest> {
     const requestId = requestIdFrom(request.headers, newId);
     let keyId: string | null = null;
@@ -326,7 +339,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
     }
     const { url } = prepared;
     const path = url.pathname;
-    let settle: (event: UsageEvent) => Promise<void> = async () => undefined;
+    let admitted: AdmittedDecision | undefined;
     let limitHeaders: Readonly<Record<string, string>> = {};
 
     const event = (fields: {
@@ -377,10 +390,6 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       }
     };
 
-    /** Records the event and releases the limiter's reservation, after the response; never rejects. */
-    const meterAfterResponse = (usageEvent: UsageEvent): Promise<void> =>
-      Promise.all([deps.recorder.record(usageEvent), settle(usageEvent)]).then(() => undefined);
-
     if (deps.limiter !== undefined) {
       let decision: AdmissionDecision;
       try {
@@ -416,7 +425,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
         );
         return errorResponse(decision.error, { ...decision.headers, [GATEWAY_ID_HEADER]: prepared.requestId });
       }
-      settle = (usageEvent) => decision.settle(usageEvent).catch(() => undefined);
+      admitted = decision;
       limitHeaders = decision.headers;
     }
 
@@ -451,7 +460,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       const status = clientGone ? 499 : gatewayError.statusCode;
       const usage = clientGone ? await estimate('', true) : null;
       context.waitUntil(
-        meterAfterResponse(
+        recordAfterResponse(
           event({
             status,
             model: prepared.requestedModel,
@@ -460,6 +469,7 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
             error: gatewayError.code,
             ttft: null,
           }),
+          admitted,
         ),
       );
       return errorResponse(gatewayError, { ...limitHeaders, [GATEWAY_ID_HEADER]: prepared.requestId });
@@ -513,7 +523,9 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
         if (how === 'upstream_broken') {
           deps.log.warn('upstream_stream_broken', { request_id: prepared.requestId, error: describeError(failure) });
         }
-        await meterAfterResponse(event({ status, model, usage, usageSource, error, ttft, endedAt }));
+        // Returned, not awaited: this function's scope (the request, its body, the answer) is let go now rather
+        // than when the stores are done, which can be a counter flush later.
+        return recordAfterResponse(event({ status, model, usage, usageSource, error, ttft, endedAt }), admitted);
       })();
       context.waitUntil(recordPromise);
     };

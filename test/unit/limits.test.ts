@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { BadRequestError, ForbiddenError, InternalError, RateLimitedError } from '../../lambda/core/errors';
 import {
   BUDGET_REMAINING_HEADER,
@@ -323,6 +325,27 @@ describe('the limiter', () => {
 
   let userSeq = 0;
   const freshUser = () => `user-${++userSeq}`;
+
+  it('keeps nothing of the admission (body, headers) in the decision it hands back for settling', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    use(config({ monthlyBudgetNanoUsd: 10 * WORST }));
+    const userId = freshUser();
+    // Made in a function of its own, so that only the weak reference and the decision outlive it here.
+    const admit = async (): Promise<{ decision: Extract<AdmissionDecision, { admitted: true }>; ref: WeakRef<Admission> }> => {
+      const a = admission({ userId, policy: '5;w=60;u=cents' });
+      return { decision: admitted(await limiter.admit(a)), ref: new WeakRef(a) };
+    };
+    const { decision, ref } = await admit();
+    // deref() keeps its object alive until the end of the current job, so collect in jobs of their own.
+    for (let i = 0; i < 3; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      gc();
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(ref.deref(), undefined, 'the admission is not kept until the request settles');
+    await decision.settle(usageEvent(admission({ userId }), WORST / 2));
+  });
 
   describe('rate-limit windows', () => {
     it('admits up to the quota, then answers 429 with the policy headers and when the window resets', async () => {

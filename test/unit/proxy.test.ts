@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { collectingContext } from '../../lambda/core/handler';
 import { signUserId } from '../../lambda/core/identity';
@@ -6,9 +8,10 @@ import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream';
 import { proxyConfigFromEnv } from '../../lambda/core/config';
 import { StaticKeyStore } from '../../lambda/core/keys';
 import { silentLogger } from '../../lambda/core/log';
-import { createProxy } from '../../lambda/core/proxy';
+import { createProxy, type RequestLimiter } from '../../lambda/core/proxy';
 import { lazyTokenCounter } from '../../lambda/core/tokens';
 import { UsageRecorder } from '../../lambda/core/usage-recorder';
+import type { UsageEvent } from '../../lambda/core/usage-event';
 import { JSON_HEADERS, chatBody, coreHarness, type CoreHarness } from '../support/core-harness';
 import { RecordingCounters, RecordingSink } from '../support/recording-stores';
 
@@ -562,5 +565,66 @@ describe('deferred metering (the local server)', () => {
     assert.equal(sink.events.length, 1);
     assert.equal(sink.events[0]!.latency_ms, 250, 'latency ends with the answer, not with the bookkeeping');
     assert.equal(sink.events[0]!.usage_source, 'provider');
+  });
+});
+
+describe('memory while the stores confirm', () => {
+  it('lets go of the request and its answer while the event and the limiter still wait for their stores', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    // Stores that take their time, like a counter flush half a second away.
+    const waiting: (() => void)[] = [];
+    const slow = () => new Promise<void>((resolve) => waiting.push(resolve));
+    class SlowCounters extends RecordingCounters {
+      override async record(events: readonly UsageEvent[]): Promise<void> {
+        await slow();
+        await super.record(events);
+      }
+    }
+    const counters = new SlowCounters();
+    let settled = 0;
+    const limiter: RequestLimiter = {
+      admit: async () => ({
+        admitted: true,
+        headers: {},
+        settle: async () => {
+          await slow();
+          settled += 1;
+        },
+      }),
+    };
+    const proxy = createProxy({
+      config: proxyConfigFromEnv({ UPSTREAM_OPENAI_URL: upstream.url }),
+      gatewayKeys: new StaticKeyStore([]),
+      recorder: new UsageRecorder({ sink: new RecordingSink(), counters, log: silentLogger }),
+      limiter,
+      tokenCounter: lazyTokenCounter(async () => (await import('../../lambda/tokenizer')).o200kCounter),
+      log: silentLogger,
+      deferMetering: true,
+    });
+    const context = collectingContext();
+    // Made in a function of its own, so that only the weak references outlive it here.
+    const exchange = async (): Promise<{ request: WeakRef<Request>; response: WeakRef<Response> }> => {
+      const request = new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() });
+      const response = await proxy(request, context);
+      assert.equal(response.status, 200);
+      await response.text();
+      return { request: new WeakRef(request), response: new WeakRef(response) };
+    };
+    const refs = await exchange();
+    // The bookkeeping has started and is waiting for both stores.
+    while (waiting.length < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    // deref() keeps its object alive until the end of the current job, so collect in jobs of their own.
+    for (let i = 0; i < 3; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      gc();
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(refs.request.deref(), undefined, 'the request is not kept while the stores confirm');
+    assert.equal(refs.response.deref(), undefined, 'the answer is not kept while the stores confirm');
+    for (const resolve of waiting) resolve();
+    await context.settled();
+    assert.equal(counters.events.length, 1, 'the event is still counted');
+    assert.equal(settled, 1, 'the limiter still settles');
   });
 });
