@@ -18,6 +18,7 @@ import { bearerToken } from './keys';
 import { describeError, type Logger } from './log';
 import type { KeyStore } from './ports';
 import { NO_TOKENS, priceOf, providerOf, type TokenUsage } from './pricing';
+import { bytesBody, LightResponse } from './messages';
 import { createResponseMeter, type MeterReading } from './response-meter';
 import { endpointOf, estimatePromptTokens, type Endpoint, type TokenCounterLoader } from './tokens';
 import type { UsageRecorder } from './usage-recorder';
@@ -151,11 +152,33 @@ function clientResponseHeaders(
   return out;
 }
 
+/** The client's body broke off (a connection closed before its Content-Length, bad chunked framing). */
+function incompleteBody(error: unknown): GatewayError {
+  // The runtime adapter ended the body with its own answer (a body that took too long): keep it.
+  if (error instanceof GatewayError) return error;
+  // Otherwise the client's fault, and nothing was sent upstream.
+  return new BadRequestError('incomplete_body', 'The request body ended before it was complete.', { param: 'body', cause: error });
+}
+
 /** Reads the request body up to `limit` bytes; a larger body is a 413 without reading the rest. */
 async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   const declared = request.headers.get('content-length');
-  if (declared !== null && Number(declared) > limit) {
+  const declaredBytes = declared === null ? Number.NaN : Number(declared);
+  if (declaredBytes > limit) {
     throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`, { param: 'body' });
+  }
+  if (Number.isSafeInteger(declaredBytes) && declaredBytes >= 0) {
+    // A declared length within the limit: read whole, without a stream (HTTP framing holds the body to it).
+    let bytes: Uint8Array;
+    try {
+      bytes = new Uint8Array(await request.arrayBuffer());
+    } catch (error) {
+      throw incompleteBody(error);
+    }
+    if (bytes.byteLength > limit) {
+      throw new PayloadTooLargeError('body_too_large', `The request body is larger than ${limit} bytes.`, { param: 'body' });
+    }
+    return bytes;
   }
   if (request.body === null) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
@@ -166,11 +189,7 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
     try {
       read = await reader.read();
     } catch (error) {
-      // The runtime adapter ended the body with its own answer (a body that took too long): keep it.
-      if (error instanceof GatewayError) throw error;
-      // The client's body broke off (a connection closed before its Content-Length, bad chunked framing): the
-      // client's fault, and nothing was sent upstream.
-      throw new BadRequestError('incomplete_body', 'The request body ended before it was complete.', { param: 'body', cause: error });
+      throw incompleteBody(error);
     }
     const { done, value } = read;
     if (done) break;
@@ -530,6 +549,38 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       context.waitUntil(recordPromise);
     };
 
+    const wholeLength = wholeAnswerLength(upstream, request.method);
+    if (wholeLength !== null) {
+      // The first upstream byte came with the headers, just now; a JSON answer's body comes all at once behind them.
+      ttft = Math.max(0, now() - started);
+      let bytes: Uint8Array;
+      try {
+        bytes = new Uint8Array(await upstream.arrayBuffer());
+      } catch (error) {
+        if (request.signal.aborted) {
+          finish('client_closed');
+          return errorResponse(new UpstreamError('client_closed', 'The client closed the request.'), { [GATEWAY_ID_HEADER]: prepared.requestId });
+        }
+        finish('upstream_broken', error);
+        // Mirror the broken upstream: the status and headers, then a cut answer, never a clean end.
+        return new Response(
+          new ReadableStream<Uint8Array>({ start: (controller) => controller.error(new Error('upstream connection broken')) }),
+          { status, statusText: upstream.statusText, headers: clientResponseHeaders(upstream.headers, prepared.requestId, true, limitHeaders) },
+        );
+      }
+      const passed = meter.push(bytes);
+      const rest = meter.end();
+      const out = rest.byteLength === 0 ? passed : Buffer.concat([passed, rest]);
+      finish('complete');
+      return new LightResponse(
+        '',
+        status,
+        upstream.statusText,
+        clientResponseHeaders(upstream.headers, prepared.requestId, out.byteLength !== wholeLength, limitHeaders),
+        bytesBody(out),
+      );
+    }
+
     if (upstream.body === null) {
       finish('complete');
       return new Response(null, { status, headers: clientResponseHeaders(upstream.headers, prepared.requestId, false, limitHeaders) });
@@ -585,6 +636,29 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       headers: clientResponseHeaders(upstream.headers, prepared.requestId, prepared.injectedUsage, limitHeaders),
     });
   };
+}
+
+/** The largest answer the proxy reads whole and passes on in one piece; a larger one streams chunk by chunk. */
+export const MAX_WHOLE_ANSWER_BYTES = 1024 * 1024;
+
+// Statuses whose answers never have a body.
+const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
+
+/**
+ * The length of an answer to take whole, or null to stream it: an answer that declares its length, up to
+ * {@link MAX_WHOLE_ANSWER_BYTES}, unencoded, and not an event stream (a JSON completion: it arrives all at once,
+ * and a client can do nothing with half of it). Reading it whole costs no time and spares a stream per hop;
+ * an event stream, a body of unknown or larger size, or a compressed one (whose size once decoded is unknown)
+ * streams as it arrives.
+ */
+function wholeAnswerLength(upstream: Response, method: string): number | null {
+  if (method === 'HEAD' || NULL_BODY_STATUSES.has(upstream.status)) return null;
+  const headers = upstream.headers;
+  const length = headers.get('content-length');
+  if (length === null || headers.has('content-encoding')) return null;
+  if ((headers.get('content-type') ?? '').toLowerCase().includes('text/event-stream')) return null;
+  const bytes = Number(length);
+  return Number.isSafeInteger(bytes) && bytes >= 0 && bytes <= MAX_WHOLE_ANSWER_BYTES ? bytes : null;
 }
 
 function upstreamErrorCode(status: number): string {

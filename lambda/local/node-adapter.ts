@@ -14,7 +14,7 @@ import { DEFAULT_BODY_IDLE_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS } from '../core/c
 import { BadRequestError, GatewayError, MethodNotAllowedError, RequestTimeoutError, errorResponse } from '../core/errors';
 import type { ExecutionContext, FetchHandler } from '../core/handler';
 import { describeError, type Logger } from '../core/log';
-import { NodeRequest } from './web-messages';
+import { LightRequest, LightResponse, type BodySource } from '../core/messages';
 
 export interface ServeOptions {
   readonly port: number;
@@ -73,7 +73,7 @@ function carriesBody(method: string | undefined): boolean {
   return method !== 'GET' && method !== 'HEAD';
 }
 
-function requestFrom(req: IncomingMessage, signal: AbortSignal, body: ReadableStream<Uint8Array> | undefined): NodeRequest {
+function requestFrom(req: IncomingMessage, signal: AbortSignal, body: BodySource | undefined): LightRequest {
   if (UNREPRESENTABLE_METHODS.has(req.method ?? '')) {
     throw new MethodNotAllowedError('method_not_allowed', `${req.method} is not supported.`, { param: 'method' });
   }
@@ -87,7 +87,7 @@ function requestFrom(req: IncomingMessage, signal: AbortSignal, body: ReadableSt
       // node:http has validated the header already; Headers is stricter about a few bytes. Skip, don't crash.
     }
   }
-  return new NodeRequest(url.href, req.method!, headers, signal, body ?? null);
+  return new LightRequest(url.href, req.method!, headers, signal, body ?? null);
 }
 
 interface BodyDeadlines {
@@ -98,7 +98,7 @@ interface BodyDeadlines {
 /** What a request's body watch hands the server. */
 interface RequestBody {
   /** The body for the `Request`; undefined when the method cannot carry one (its bytes are read and dropped). */
-  readonly stream: ReadableStream<Uint8Array> | undefined;
+  readonly source: BodySource | undefined;
   /** Bytes received so far. */
   readonly received: () => number;
   /** True once the body arrived whole, the connection went, or a deadline passed: nothing more to wait for. */
@@ -107,8 +107,102 @@ interface RequestBody {
   discard(): void;
 }
 
+/** How much of a request body is read ahead of the handler before the socket is paused. */
+const BODY_HIGH_WATER_MARK = 64 * 1024;
+
 /**
- * Reads a request's body off the socket into a Web stream (with backpressure), under two deadlines: the whole body
+ * A request body on its way in, handed to the handler whichever way it asks first: as a Web stream (with
+ * backpressure), or whole (`arrayBuffer()`, read as fast as it comes). Until it asks, up to
+ * {@link BODY_HIGH_WATER_MARK} bytes are held.
+ */
+class BodyFeed implements BodySource {
+  private queued: Uint8Array[] = [];
+  private queuedBytes = 0;
+  private outcome: { readonly error?: unknown } | undefined;
+  private controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+  private whole: { resolve(bytes: Uint8Array): void; reject(error: unknown): void } | undefined;
+
+  constructor(
+    private readonly hooks: {
+      /** The reader wants more: resume a paused socket. */
+      readonly wantMore: () => void;
+      /** The reader cancelled the stream: the rest of the body is read and dropped. */
+      readonly cancelled: () => void;
+    },
+  ) {}
+
+  /** Takes a chunk; false when the reader has enough for now (pause until `wantMore`). */
+  push(chunk: Uint8Array): boolean {
+    if (this.controller !== undefined) {
+      this.controller.enqueue(chunk);
+      return (this.controller.desiredSize ?? 1) > 0;
+    }
+    this.queued.push(chunk);
+    this.queuedBytes += chunk.byteLength;
+    return this.whole !== undefined || this.queuedBytes < BODY_HIGH_WATER_MARK;
+  }
+
+  /** The body is complete (no error) or broke off (an error). */
+  end(error?: unknown): void {
+    if (this.outcome !== undefined) return;
+    this.outcome = error === undefined ? {} : { error };
+    if (this.controller !== undefined) {
+      try {
+        if (error === undefined) this.controller.close();
+        else this.controller.error(error);
+      } catch {
+        // The reader cancelled the stream already.
+      }
+    } else if (this.whole !== undefined) {
+      this.settleWhole();
+    }
+  }
+
+  stream(): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>(
+      {
+        start: (controller) => {
+          this.controller = controller;
+          for (const chunk of this.queued) controller.enqueue(chunk);
+          this.queued = [];
+          if (this.outcome === undefined) return;
+          if (this.outcome.error === undefined) controller.close();
+          else controller.error(this.outcome.error);
+        },
+        pull: () => this.hooks.wantMore(),
+        cancel: () => this.hooks.cancelled(),
+      },
+      { highWaterMark: BODY_HIGH_WATER_MARK, size: (chunk) => chunk.byteLength },
+    );
+  }
+
+  bytes(): Promise<Uint8Array> {
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.whole = { resolve, reject };
+      if (this.outcome !== undefined) this.settleWhole();
+      else this.hooks.wantMore();
+    });
+  }
+
+  private settleWhole(): void {
+    const whole = this.whole!;
+    if (this.outcome!.error !== undefined) {
+      whole.reject(this.outcome!.error);
+      return;
+    }
+    const bytes = new Uint8Array(this.queuedBytes);
+    let offset = 0;
+    for (const chunk of this.queued) {
+      bytes.set(chunk, offset);
+      offset += chunk.byteLength;
+    }
+    this.queued = [];
+    whole.resolve(bytes);
+  }
+}
+
+/**
+ * Reads a request's body off the socket into a {@link BodyFeed} (with backpressure), under two deadlines: the whole body
  * within `totalMs` of its headers, and no pause longer than `idleMs` while the gateway waits for the client. A
  * pause the gateway causes (its reader is behind) does not count as idle. When a deadline passes the stream
  * errors with the {@link RequestTimeoutError} that `onTimeout` also receives.
@@ -121,7 +215,6 @@ function watchBody(
   deadlines: BodyDeadlines,
   onTimeout: (error: RequestTimeoutError, deadline: 'idle' | 'total') => void,
 ): RequestBody {
-  let controller: ReadableStreamDefaultController<Uint8Array> | undefined;
   let feeding = carriesBody(req.method);
   let settled = false;
   let paused = false;
@@ -140,12 +233,7 @@ function watchBody(
   const unfeed = (error?: Error) => {
     if (!feeding) return;
     feeding = false;
-    try {
-      if (error === undefined) controller?.close();
-      else controller?.error(error);
-    } catch {
-      // The reader cancelled the stream already.
-    }
+    feed?.end(error);
   };
   const expire = (deadline: 'idle' | 'total') => {
     if (settled) return;
@@ -172,9 +260,8 @@ function watchBody(
   };
   const onData = (chunk: Buffer) => {
     received += chunk.byteLength;
-    if (feeding && controller !== undefined) {
-      controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-      if ((controller.desiredSize ?? 1) <= 0) {
+    if (feeding && feed !== undefined) {
+      if (!feed.push(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength))) {
         // The reader is behind: the client is not what we are waiting for until it catches up.
         paused = true;
         req.pause();
@@ -191,20 +278,14 @@ function watchBody(
     armIdle();
   };
 
-  const stream = feeding
-    ? new ReadableStream<Uint8Array>(
-        {
-          start(c) {
-            controller = c;
-          },
-          pull: resume,
-          cancel() {
-            feeding = false;
-            resume();
-          },
+  const feed = feeding
+    ? new BodyFeed({
+        wantMore: () => resume(),
+        cancelled: () => {
+          feeding = false;
+          resume();
         },
-        { highWaterMark: 64 * 1024, size: (chunk) => chunk.byteLength },
-      )
+      })
     : undefined;
   const totalTimer = setTimeout(() => expire('total'), deadlines.totalMs).unref();
   armIdle();
@@ -223,7 +304,7 @@ function watchBody(
   }
   socket.once('close', onGone);
   return {
-    stream,
+    source: feed,
     received: () => received,
     settled: () => settled,
     discard() {
@@ -240,6 +321,14 @@ async function writeResponse(response: Response, res: ServerResponse): Promise<v
     headers.push(name, value);
   }
   for (const cookie of response.headers.getSetCookie()) headers.push('set-cookie', cookie);
+  // An answer held whole in memory goes out in one write, its length known, without a stream to read.
+  const whole = response instanceof LightResponse ? response.takeInMemory() : undefined;
+  if (whole !== undefined) {
+    if (!response.headers.has('content-length')) headers.push('content-length', String(whole.byteLength));
+    res.writeHead(response.status, response.statusText || undefined, headers);
+    res.end(whole);
+    return;
+  }
   res.writeHead(response.status, response.statusText || undefined, headers);
   if (response.body === null) {
     res.end();
@@ -380,7 +469,7 @@ export async function serve(handler: FetchHandler, options: ServeOptions): Promi
       void (async () => {
         let response: Response;
         try {
-          response = await handler(requestFrom(req, abort.signal, body.stream), context);
+          response = await handler(requestFrom(req, abort.signal, body.source), context);
         } catch (error) {
           if (!(error instanceof GatewayError) || error.statusCode >= 500) {
             options.log.error('handler_failed', { method: req.method, error: describeError(error) });

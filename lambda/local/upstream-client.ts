@@ -1,7 +1,8 @@
 /**
  * The local server's upstream HTTP client: the subset of `fetch` the proxy core uses, on node:http(s) with
  * keep-alive agents. Node's built-in fetch spends about a millisecond of CPU per request on WHATWG plumbing that a
- * proxy hop does not need; this client answers with a Web `Response` (see web-messages.ts), so the core cannot tell the difference.
+ * proxy hop does not need; this client answers with a Web `Response` (a light one, see core/messages.ts), so the core
+ * cannot tell the difference.
  *
  * Like fetch it decodes `content-encoding` (gzip, deflate, br), follows no redirects when asked not to, and rejects
  * when the signal aborts before the response headers; after that an abort destroys the body stream. Like browsers
@@ -14,7 +15,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { describeError, silentLogger, type Logger } from '../core/log';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
-import { NodeResponse } from './web-messages';
+import { LightResponse, type BodySource } from '../core/messages';
 
 // Statuses whose responses never have a body (Response refuses one).
 const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
@@ -68,20 +69,26 @@ function webStreamOf(source: Readable, message: IncomingMessage): ReadableStream
           }
           resolve();
         };
+        // The stream was errored (see start): this pull is over.
         const onError = () => {
           cleanup();
           resolve();
+        };
+        // A connection closing once the answer is complete is no error: a decoder may still be at work on it,
+        // and a pull that ends with nothing enqueued would not be called again.
+        const onClose = () => {
+          if (!message.complete) onError();
         };
         const cleanup = () => {
           source.off('readable', onReadable);
           source.off('end', onEnd);
           source.off('error', onError);
-          message.off('close', onError);
+          message.off('close', onClose);
         };
         source.on('readable', onReadable);
         source.on('end', onEnd);
         source.on('error', onError);
-        message.on('close', onError);
+        message.on('close', onClose);
         if (source.readableEnded) onEnd();
       });
     },
@@ -90,6 +97,61 @@ function webStreamOf(source: Readable, message: IncomingMessage): ReadableStream
       if (source !== message) source.destroy();
     },
   });
+}
+
+/** The whole of a Node stream's bytes; rejects like {@link webStreamOf}'s stream errors. */
+function wholeOf(source: Readable, message: IncomingMessage): Promise<Uint8Array> {
+  return new Promise<Uint8Array>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.byteLength;
+    };
+    const onEnd = () => {
+      cleanup();
+      const bytes = new Uint8Array(size);
+      let offset = 0;
+      for (const chunk of chunks) {
+        bytes.set(chunk, offset);
+        offset += chunk.byteLength;
+      }
+      resolve(bytes);
+    };
+    const onError = (error: unknown) => {
+      cleanup();
+      reject(error);
+    };
+    // A socket that closes before the body is complete is a broken answer, like fetch's "terminated".
+    const onAborted = () => onError(new Error('upstream connection closed mid-body'));
+    const onClose = () => {
+      if (!message.complete) onAborted();
+    };
+    const cleanup = () => {
+      source.off('data', onData);
+      source.off('end', onEnd);
+      source.off('error', onError);
+      message.off('aborted', onAborted);
+      message.off('close', onClose);
+    };
+    if (message.destroyed && !message.complete) {
+      onAborted();
+      return;
+    }
+    source.on('data', onData);
+    source.on('end', onEnd);
+    source.on('error', onError);
+    message.on('aborted', onAborted);
+    message.on('close', onClose);
+  });
+}
+
+/** An upstream answer's body: a Web stream when the proxy streams it, its bytes when it takes it whole. */
+function bodyOf(message: IncomingMessage): BodySource {
+  return {
+    stream: () => webStreamOf(decoded(message), message),
+    bytes: () => wholeOf(decoded(message), message),
+  };
 }
 
 export interface UpstreamClientOptions {
@@ -213,12 +275,12 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
           const hasBody = !NULL_BODY_STATUSES.has(status) && request.method !== 'HEAD';
           if (!hasBody) message.resume();
           resolve(
-            new NodeResponse(
+            new LightResponse(
               url.href,
               status < 200 || status > 599 ? 502 : status,
               message.statusMessage ?? '',
               responseHeaders,
-              hasBody ? webStreamOf(decoded(message), message) : null,
+              hasBody ? bodyOf(message) : null,
             ),
           );
         },

@@ -8,7 +8,8 @@ import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream';
 import { proxyConfigFromEnv } from '../../lambda/core/config';
 import { StaticKeyStore } from '../../lambda/core/keys';
 import { silentLogger } from '../../lambda/core/log';
-import { createProxy, type RequestLimiter } from '../../lambda/core/proxy';
+import { LightResponse } from '../../lambda/core/messages';
+import { MAX_WHOLE_ANSWER_BYTES, createProxy, type RequestLimiter } from '../../lambda/core/proxy';
 import { lazyTokenCounter } from '../../lambda/core/tokens';
 import { UsageRecorder } from '../../lambda/core/usage-recorder';
 import type { UsageEvent } from '../../lambda/core/usage-event';
@@ -457,6 +458,65 @@ describe('streaming', () => {
   });
 });
 
+describe('answers taken whole', () => {
+  const usageAnswer = JSON.stringify({
+    id: 'chatcmpl-1',
+    object: 'chat.completion',
+    model: 'gpt-4o-mini-2024-07-18',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'hi' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 },
+  });
+  /** A core whose upstream answers with this body and these headers. */
+  const answering = (body: string | ReadableStream<Uint8Array> | null, headers: Record<string, string>) =>
+    coreHarness({ upstreamUrl: 'http://upstream.test', fetch: (async () => new Response(body, { status: 200, headers })) as typeof fetch });
+
+  it('hands a JSON answer of known length to the server adapter whole, byte for byte, and meters it', async () => {
+    const core = answering(usageAnswer, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(usageAnswer)) });
+    const ctx = collectingContext();
+    const response = await core.handle(new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() }), ctx);
+    assert.ok(response instanceof LightResponse);
+    assert.equal(response.headers.get('content-length'), String(Buffer.byteLength(usageAnswer)));
+    assert.equal(new TextDecoder().decode(response.takeInMemory()), usageAnswer);
+    await ctx.settled();
+    assert.equal(core.sink.events[0]?.usage_source, 'provider');
+    assert.equal(core.sink.events[0]?.total_tokens, 15);
+    assert.equal(core.sink.events[0]?.model, 'gpt-4o-mini-2024-07-18');
+  });
+
+  it('streams an answer over MAX_WHOLE_ANSWER_BYTES, one without a length, and an event stream', async () => {
+    const big = JSON.stringify({ data: 'x'.repeat(MAX_WHOLE_ANSWER_BYTES) });
+    const cases: [string, string, Record<string, string>][] = [
+      ['too large', big, { 'content-type': 'application/json', 'content-length': String(big.length) }],
+      ['no length', usageAnswer, { 'content-type': 'application/json' }],
+      ['event stream', 'data: {}\n\n', { 'content-type': 'text/event-stream', 'content-length': '10' }],
+    ];
+    for (const [name, body, headers] of cases) {
+      const core = answering(body, headers);
+      const { response, text } = await core.send('/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() });
+      assert.equal(text, body, name);
+      assert.equal(response instanceof LightResponse, false, `${name}: streamed, not taken whole`);
+    }
+  });
+
+  it('mirrors an answer that breaks off before its declared length: status and headers, then a cut body', async () => {
+    const encoder = new TextEncoder();
+    const cut = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(encoder.encode(usageAnswer.slice(0, 20)));
+        controller.error(new Error('connection reset'));
+      },
+    });
+    const core = answering(cut, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(usageAnswer)) });
+    const ctx = collectingContext();
+    const response = await core.handle(new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() }), ctx);
+    assert.equal(response.status, 200);
+    assert.ok(response.headers.get('helicone-id'));
+    await assert.rejects(response.text());
+    await ctx.settled();
+    assert.equal(core.sink.events[0]?.error, 'upstream_reset');
+  });
+});
+
 describe('content types', () => {
   it('meters a JSON body sent with a form content type (curl -d) and forwards it unchanged', async () => {
     const body = chatBody({ user: 'curl-user' });
@@ -551,8 +611,9 @@ describe('deferred metering (the local server)', () => {
       deferMetering: true,
     });
     const context = collectingContext();
+    // A stream: its answer ends when the client has read it (a JSON answer is taken whole before it is returned).
     const response = await proxy(
-      new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() }),
+      new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody({ stream: true }) }),
       context,
     );
     clock += 250;
