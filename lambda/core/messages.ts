@@ -14,6 +14,46 @@
  * upstream client receives; the proxy for an answer it holds whole in memory.
  */
 
+/** What a read gives: a chunk, or the end. */
+export type ReadResult = { readonly done: false; readonly value: Uint8Array } | { readonly done: true; readonly value?: undefined };
+
+/** The part of a `ReadableStreamDefaultReader` a body's consumer needs: one read at a time, or a cancel. */
+export interface LightReader {
+  read(): Promise<ReadResult>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+/** A Web stream over a reader: pulls a chunk when its consumer wants one, passes a cancel on. */
+export function streamOfReader(reader: LightReader): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const result = await reader.read();
+      if (result.done) controller.close();
+      else controller.enqueue(result.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+}
+
+/** Everything a reader has left, in one array. */
+export async function readAll(reader: LightReader): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const result = await reader.read();
+    if (result.done) break;
+    chunks.push(result.value);
+    size += result.value.byteLength;
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}
+
 /** A message body, read one way or the other, once. */
 export interface BodySource {
   /** The body as a Web stream. Called at most once, and never after {@link bytes}. */
@@ -22,6 +62,13 @@ export interface BodySource {
   bytes(): Promise<Uint8Array>;
   /** The whole body when it is already in memory. */
   readonly inMemory?: Uint8Array;
+  /** A reader of the body without a Web stream, for a consumer that takes chunks as they come. */
+  reader?(): LightReader;
+}
+
+/** A body read chunk by chunk through a reader. */
+export function readerBody(reader: LightReader): BodySource {
+  return { reader: () => reader, stream: () => streamOfReader(reader), bytes: () => readAll(reader) };
 }
 
 /** A body that is already in memory. */
@@ -99,6 +146,17 @@ abstract class LightBody<Standard extends Request | Response> {
     const bytes = this.source?.inMemory;
     if (bytes !== undefined) this.taken = true;
     return bytes;
+  }
+
+  /**
+   * A reader of the untouched body, without a Web stream, marking it used; undefined when the body was touched or
+   * its source has no such reader (then read `body`).
+   */
+  takeReader(): LightReader | undefined {
+    if (this.standardMessage !== undefined || this.madeStream !== undefined || this.taken) return undefined;
+    const reader = this.source?.reader?.();
+    if (reader !== undefined) this.taken = true;
+    return reader;
   }
 
   // async: a body that cannot be read any more is a rejected promise, as with the standard object, not a throw.

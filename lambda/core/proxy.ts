@@ -18,7 +18,7 @@ import { bearerToken } from './keys';
 import { describeError, type Logger } from './log';
 import type { KeyStore } from './ports';
 import { NO_TOKENS, priceOf, providerOf, type TokenUsage } from './pricing';
-import { bytesBody, LightResponse } from './messages';
+import { bytesBody, LightResponse, readerBody, type LightReader, type ReadResult } from './messages';
 import { createResponseMeter, type MeterReading } from './response-meter';
 import { endpointOf, estimatePromptTokens, type Endpoint, type TokenCounterLoader } from './tokens';
 import type { UsageRecorder } from './usage-recorder';
@@ -581,60 +581,61 @@ export function createProxy(deps: ProxyDeps): FetchHandler {
       );
     }
 
-    if (upstream.body === null) {
+    // Chunk by chunk, through the upstream body's own reader when it offers one (no Web stream on the local server).
+    const ownReader = upstream instanceof LightResponse ? upstream.takeReader() : undefined;
+    if (ownReader === undefined && upstream.body === null) {
       finish('complete');
       return new Response(null, { status, headers: clientResponseHeaders(upstream.headers, prepared.requestId, false, limitHeaders) });
     }
-
-    const reader = upstream.body.getReader();
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        for (;;) {
-          let result: Awaited<ReturnType<typeof reader.read>>;
+    const reader: LightReader = ownReader ?? upstream.body!.getReader();
+    let over = false;
+    const relay: LightReader = {
+      async read(): Promise<ReadResult> {
+        while (!over) {
+          let result: ReadResult;
           try {
             result = await reader.read();
           } catch (error) {
-            if (request.signal.aborted) {
+            // Cancelled meanwhile (the client went away), or the client's abort stopped the upstream: nobody is
+            // reading any more.
+            if (over || request.signal.aborted) {
+              over = true;
               finish('client_closed');
-            } else {
-              finish('upstream_broken', error);
-              // Mirror the broken upstream: the client must not mistake a cut answer for a complete one.
-              try {
-                controller.error(new Error('upstream connection broken'));
-              } catch {
-                // Already cancelled by the client.
-              }
+              return { done: true };
             }
-            return;
+            over = true;
+            finish('upstream_broken', error);
+            // Mirror the broken upstream: the client must not mistake a cut answer for a complete one.
+            throw new Error('upstream connection broken');
           }
           if (result.done) {
+            over = true;
             const rest = meter.end();
-            if (rest.byteLength > 0) controller.enqueue(rest);
             finish('complete');
-            controller.close();
-            return;
+            if (rest.byteLength > 0) return { done: false, value: rest };
+            break;
           }
           ttft ??= Math.max(0, now() - started);
           const out = meter.push(result.value);
-          // A chunk the meter held back (half an event) yields nothing yet; keep reading rather than
-          // resolve pull() with nothing enqueued.
-          if (out.byteLength > 0) {
-            controller.enqueue(out);
-            return;
-          }
+          // A chunk the meter held back (half an event) yields nothing yet: keep reading.
+          if (out.byteLength > 0) return { done: false, value: out };
         }
+        return { done: true };
       },
       async cancel() {
+        over = true;
         finish('client_closed');
         await reader.cancel().catch(() => undefined);
       },
-    });
+    };
 
-    return new Response(body, {
+    return new LightResponse(
+      '',
       status,
-      statusText: upstream.statusText,
-      headers: clientResponseHeaders(upstream.headers, prepared.requestId, prepared.injectedUsage, limitHeaders),
-    });
+      upstream.statusText,
+      clientResponseHeaders(upstream.headers, prepared.requestId, prepared.injectedUsage, limitHeaders),
+      readerBody(relay),
+    );
   };
 }
 

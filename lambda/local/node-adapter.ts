@@ -14,7 +14,7 @@ import { DEFAULT_BODY_IDLE_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS } from '../core/c
 import { BadRequestError, GatewayError, MethodNotAllowedError, RequestTimeoutError, errorResponse } from '../core/errors';
 import type { ExecutionContext, FetchHandler } from '../core/handler';
 import { describeError, type Logger } from '../core/log';
-import { LightRequest, LightResponse, type BodySource } from '../core/messages';
+import { LightRequest, LightResponse, type BodySource, type LightReader } from '../core/messages';
 
 export interface ServeOptions {
   readonly port: number;
@@ -330,13 +330,15 @@ async function writeResponse(response: Response, res: ServerResponse): Promise<v
     return;
   }
   res.writeHead(response.status, response.statusText || undefined, headers);
-  if (response.body === null) {
+  // A light answer's chunks are read without a Web stream.
+  const ownReader = response instanceof LightResponse ? response.takeReader() : undefined;
+  if (ownReader === undefined && response.body === null) {
     res.end();
     return;
   }
   // An SSE client should see the status before the first event; other answers go out with their first chunk.
   if ((response.headers.get('content-type') ?? '').includes('text/event-stream')) res.flushHeaders();
-  const reader = response.body.getReader();
+  const reader: LightReader = ownReader ?? response.body!.getReader();
   const onClose = () => {
     if (!res.writableFinished) reader.cancel().catch(() => undefined);
   };
@@ -363,6 +365,7 @@ async function writeResponse(response: Response, res: ServerResponse): Promise<v
     // The body failed mid-way (upstream broke): cut the connection so the client sees an incomplete answer rather
     // than a clean end. The status line and headers (Helicone-Id) go first even when no byte of the body came, and
     // the socket closes only once they have left.
+    if (res.destroyed) return;
     res.flushHeaders();
     if (res.socket !== null) res.socket.destroySoon();
     else res.destroy();

@@ -15,7 +15,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { describeError, silentLogger, type Logger } from '../core/log';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
-import { LightResponse, type BodySource } from '../core/messages';
+import { LightResponse, streamOfReader, type BodySource, type LightReader, type ReadResult } from '../core/messages';
 
 // Statuses whose responses never have a body (Response refuses one).
 const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
@@ -34,69 +34,52 @@ function decoded(message: IncomingMessage): Readable {
   }
 }
 
-/** A pull-based Web stream over a Node stream: reads only as fast as the consumer takes, cancels by destroying. */
-function webStreamOf(source: Readable, message: IncomingMessage): ReadableStream<Uint8Array> {
-  return new ReadableStream<Uint8Array>({
-    start(controller) {
-      source.on('error', (error) => controller.error(error));
-      // A socket that closes before the body is complete is a broken answer, like fetch's "terminated".
-      message.on('aborted', () => controller.error(new Error('upstream connection closed mid-body')));
-      message.on('close', () => {
-        if (!message.complete) controller.error(new Error('upstream connection closed mid-body'));
-      });
+/**
+ * A reader of a Node stream's chunks, without a Web stream: reads only as fast as the consumer asks, cancels by
+ * destroying. A socket that closes before the body is complete fails the read, like fetch's "terminated".
+ */
+function nodeReader(source: Readable, message: IncomingMessage): LightReader {
+  let failure: Error | undefined;
+  let ended = false;
+  let waiting: (() => void) | undefined;
+  const wake = () => {
+    const resume = waiting;
+    waiting = undefined;
+    resume?.();
+  };
+  const fail = (error: Error) => {
+    failure ??= error;
+    wake();
+  };
+  const cut = () => fail(new Error('upstream connection closed mid-body'));
+  source.on('readable', wake);
+  source.on('end', () => {
+    ended = true;
+    wake();
+  });
+  source.on('error', fail);
+  message.on('aborted', cut);
+  message.on('close', () => {
+    if (!message.complete) cut();
+  });
+  if (message.destroyed && !message.complete) cut();
+  return {
+    async read(): Promise<ReadResult> {
+      for (;;) {
+        if (failure !== undefined) throw failure;
+        const chunk = source.read() as Buffer | null;
+        if (chunk !== null) return { done: false, value: new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength) };
+        if (ended || source.readableEnded) return { done: true };
+        await new Promise<void>((resolve) => {
+          waiting = resolve;
+        });
+      }
     },
-    pull(controller) {
-      return new Promise<void>((resolve) => {
-        const take = (): boolean => {
-          const chunk = source.read() as Buffer | null;
-          if (chunk === null) return false;
-          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-          return true;
-        };
-        if (take()) return resolve();
-        const onReadable = () => {
-          if (take()) {
-            cleanup();
-            resolve();
-          }
-        };
-        const onEnd = () => {
-          cleanup();
-          try {
-            controller.close();
-          } catch {
-            // Already errored.
-          }
-          resolve();
-        };
-        // The stream was errored (see start): this pull is over.
-        const onError = () => {
-          cleanup();
-          resolve();
-        };
-        // A connection closing once the answer is complete is no error: a decoder may still be at work on it,
-        // and a pull that ends with nothing enqueued would not be called again.
-        const onClose = () => {
-          if (!message.complete) onError();
-        };
-        const cleanup = () => {
-          source.off('readable', onReadable);
-          source.off('end', onEnd);
-          source.off('error', onError);
-          message.off('close', onClose);
-        };
-        source.on('readable', onReadable);
-        source.on('end', onEnd);
-        source.on('error', onError);
-        message.on('close', onClose);
-        if (source.readableEnded) onEnd();
-      });
-    },
-    cancel() {
+    async cancel() {
       message.destroy();
       if (source !== message) source.destroy();
     },
-  });
+  };
 }
 
 /** The whole of a Node stream's bytes; rejects like {@link webStreamOf}'s stream errors. */
@@ -146,10 +129,11 @@ function wholeOf(source: Readable, message: IncomingMessage): Promise<Uint8Array
   });
 }
 
-/** An upstream answer's body: a Web stream when the proxy streams it, its bytes when it takes it whole. */
+/** An upstream answer's body: chunk by chunk when the proxy streams it, its bytes when it takes it whole. */
 function bodyOf(message: IncomingMessage): BodySource {
   return {
-    stream: () => webStreamOf(decoded(message), message),
+    reader: () => nodeReader(decoded(message), message),
+    stream: () => streamOfReader(nodeReader(decoded(message), message)),
     bytes: () => wholeOf(decoded(message), message),
   };
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { LightRequest, LightResponse, bytesBody, streamBody, type BodySource } from '../../lambda/core/messages';
+import { LightRequest, LightResponse, bytesBody, readAll, readerBody, streamBody, streamOfReader, type BodySource, type LightReader, type ReadResult } from '../../lambda/core/messages';
 
 const URL_ = 'http://localhost:8787/v1/chat/completions?x=1';
 
@@ -174,5 +174,59 @@ describe('bodies read whole', () => {
     const buffer = await light.arrayBuffer();
     assert.equal(buffer.byteLength, 4);
     assert.equal(new TextDecoder().decode(buffer), 'body');
+  });
+});
+
+describe('bodies read through a reader', () => {
+  /** A reader over these parts that notes a cancel. */
+  function partsReader(...parts: string[]): LightReader & { cancelled: boolean } {
+    const queue = parts.map((part) => new TextEncoder().encode(part));
+    return {
+      cancelled: false,
+      async read(): Promise<ReadResult> {
+        const value = queue.shift();
+        return value === undefined ? { done: true } : { done: false, value };
+      },
+      async cancel() {
+        this.cancelled = true;
+      },
+    };
+  }
+
+  it('hands its reader to a consumer that asks first, once, and then counts as used', async () => {
+    const reader = partsReader('a', 'b');
+    const light = new LightResponse('', 200, '', new Headers(), readerBody(reader));
+    assert.equal(light.takeReader(), reader);
+    assert.equal(light.bodyUsed, true);
+    assert.equal(light.takeReader(), undefined);
+    assert.equal(light.takeInMemory(), undefined);
+    await assert.rejects(light.text(), TypeError);
+  });
+
+  it('reads as a Web stream, whole, or not at all once the stream was taken', async () => {
+    assert.equal(await new LightResponse('', 200, '', new Headers(), readerBody(partsReader('x', 'y', 'z'))).text(), 'xyz');
+    assert.equal(new TextDecoder().decode(await new LightResponse('', 200, '', new Headers(), readerBody(partsReader('1', '2'))).arrayBuffer()), '12');
+    const streamed = new LightResponse('', 200, '', new Headers(), readerBody(partsReader('s')));
+    assert.ok(streamed.body instanceof ReadableStream);
+    assert.equal(streamed.takeReader(), undefined, 'the stream has it now');
+  });
+
+  it('passes a cancel of the Web stream on to the reader', async () => {
+    const reader = partsReader('a', 'b', 'c');
+    const stream = streamOfReader(reader);
+    const streamReader = stream.getReader();
+    assert.equal(new TextDecoder().decode((await streamReader.read()).value), 'a');
+    await streamReader.cancel();
+    assert.equal(reader.cancelled, true);
+  });
+
+  it('collects everything a reader has left', async () => {
+    assert.equal(new TextDecoder().decode(await readAll(partsReader('he', 'll', 'o'))), 'hello');
+    assert.equal((await readAll(partsReader())).byteLength, 0);
+  });
+
+  it('has no reader for a body without one (a stream, bytes in memory)', () => {
+    assert.equal(new LightResponse('', 200, '', new Headers(), streamBody(streamOf('x'))).takeReader(), undefined);
+    assert.equal(new LightResponse('', 200, '', new Headers(), bytesBody(new Uint8Array(1))).takeReader(), undefined);
   });
 });

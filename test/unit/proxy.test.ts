@@ -438,6 +438,63 @@ describe('streaming', () => {
     assert.equal(event?.error, null);
   });
 
+  it('serves a stream through its own reader (as the local server reads it) with the same chunks and metering', async () => {
+    const send = () =>
+      gw.handle(
+        new Request('http://gateway.test/v1/chat/completions', {
+          method: 'POST',
+          headers: { ...JSON_HEADERS, 'x-fake-words': '12', 'Helicone-User-Id': 'reader' },
+          body: chatBody({ stream: true }),
+        }),
+        collectingContext(),
+      );
+    const viaStream = await (await send()).text();
+    const ctx = collectingContext();
+    const before = gw.sink.events.length;
+    const response = await gw.handle(
+      new Request('http://gateway.test/v1/chat/completions', {
+        method: 'POST',
+        headers: { ...JSON_HEADERS, 'x-fake-words': '12', 'Helicone-User-Id': 'reader' },
+        body: chatBody({ stream: true }),
+      }),
+      ctx,
+    );
+    assert.ok(response instanceof LightResponse);
+    const reader = response.takeReader()!;
+    assert.ok(reader, 'a reader of its own');
+    assert.equal(response.bodyUsed, true);
+    let viaReader = '';
+    const decoder = new TextDecoder();
+    for (let result = await reader.read(); !result.done; result = await reader.read()) viaReader += decoder.decode(result.value, { stream: true });
+    assert.equal(viaReader, viaStream);
+    await ctx.settled();
+    assert.equal(gw.sink.events[before]?.usage_source, 'provider');
+    assert.equal(gw.sink.events[before]?.completion_tokens, 12);
+  });
+
+  it('writes a partial event when the client cancels its own reader mid-stream', async () => {
+    const before = gw.sink.events.length;
+    const ctx = collectingContext();
+    const response = await gw.handle(
+      new Request('http://gateway.test/v1/chat/completions', {
+        method: 'POST',
+        headers: { ...JSON_HEADERS, 'x-fake-chunk-delay-ms': '30', 'x-fake-words': '40' },
+        body: chatBody({ stream: true }),
+      }),
+      ctx,
+    );
+    const reader = (response as LightResponse).takeReader()!;
+    await reader.read();
+    await reader.read();
+    const pending = reader.read();
+    await reader.cancel();
+    await pending;
+    await ctx.settled();
+    const event = gw.sink.events[before];
+    assert.equal(event?.usage_source, 'partial');
+    assert.ok((event?.completion_tokens ?? 0) < 40);
+  });
+
   it('writes a partial event with upstream_reset and breaks the client stream when the upstream resets', async () => {
     const before = gw.sink.events.length;
     const ctx = collectingContext();
@@ -492,9 +549,13 @@ describe('answers taken whole', () => {
     ];
     for (const [name, body, headers] of cases) {
       const core = answering(body, headers);
-      const { response, text } = await core.send('/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() });
-      assert.equal(text, body, name);
-      assert.equal(response instanceof LightResponse, false, `${name}: streamed, not taken whole`);
+      const response = await core.handle(
+        new Request('http://gateway.test/v1/chat/completions', { method: 'POST', headers: JSON_HEADERS, body: chatBody() }),
+        collectingContext(),
+      );
+      assert.ok(response instanceof LightResponse);
+      assert.equal(response.takeInMemory(), undefined, `${name}: streamed, not taken whole`);
+      assert.equal(await response.text(), body, name);
     }
   });
 
