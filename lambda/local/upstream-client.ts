@@ -20,8 +20,12 @@ import { LightResponse, streamOfReader, type BodySource, type LightReader, type 
 // Statuses whose responses never have a body (Response refuses one).
 const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
 
-function decoded(message: IncomingMessage): Readable {
-  switch ((message.headers['content-encoding'] ?? '').trim().toLowerCase()) {
+/**
+ * The answer's body, decoded as its `content-encoding` says (taken from the headers already read: reading
+ * `message.headers` would make node build a second copy of them).
+ */
+function decoded(message: IncomingMessage, encoding: string | null): Readable {
+  switch ((encoding ?? '').trim().toLowerCase()) {
     case 'gzip':
     case 'x-gzip':
       return message.pipe(createGunzip());
@@ -130,11 +134,11 @@ function wholeOf(source: Readable, message: IncomingMessage): Promise<Uint8Array
 }
 
 /** An upstream answer's body: chunk by chunk when the proxy streams it, its bytes when it takes it whole. */
-function bodyOf(message: IncomingMessage): BodySource {
+function bodyOf(message: IncomingMessage, encoding: string | null): BodySource {
   return {
-    reader: () => nodeReader(decoded(message), message),
-    stream: () => streamOfReader(nodeReader(decoded(message), message)),
-    bytes: () => wholeOf(decoded(message), message),
+    reader: () => nodeReader(decoded(message, encoding), message),
+    stream: () => streamOfReader(nodeReader(decoded(message, encoding), message)),
+    bytes: () => wholeOf(decoded(message, encoding), message),
   };
 }
 
@@ -264,7 +268,7 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
               status < 200 || status > 599 ? 502 : status,
               message.statusMessage ?? '',
               responseHeaders,
-              hasBody ? bodyOf(message) : null,
+              hasBody ? bodyOf(message, responseHeaders.get('content-encoding')) : null,
             ),
           );
         },
