@@ -86,7 +86,7 @@ function nodeReader(source: Readable, message: IncomingMessage): LightReader {
   };
 }
 
-/** The whole of a Node stream's bytes; rejects like {@link webStreamOf}'s stream errors. */
+/** The whole of a Node stream's bytes; rejects like {@link nodeReader}'s reads. */
 function wholeOf(source: Readable, message: IncomingMessage): Promise<Uint8Array> {
   return new Promise<Uint8Array>((resolve, reject) => {
     const chunks: Buffer[] = [];
