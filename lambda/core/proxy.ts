@@ -105,21 +105,25 @@ const HOP_BY_HOP = new Set([
   'http2-settings',
 ]);
 
-/** Headers for the upstream: the caller's, minus hop-by-hop fields and every `Helicone-*` header. */
-export function upstreamRequestHeaders(incoming: Headers): Headers {
+/**
+ * Headers for the upstream: the caller's, minus hop-by-hop fields and every `Helicone-*` header. A plain record of
+ * lower-case names (fetch takes one as it takes a `Headers`): the values come from a `Headers`, so they are valid and
+ * already combined, and no second `Headers` needs building.
+ */
+export function upstreamRequestHeaders(incoming: Headers): Record<string, string> {
   const listed = new Set(
     (incoming.get('connection') ?? '')
       .split(',')
       .map((name) => name.trim().toLowerCase())
       .filter(Boolean),
   );
-  const out = new Headers();
+  const out: Record<string, string> = {};
   for (const [name, value] of incoming) {
     if (HOP_BY_HOP.has(name) || listed.has(name) || name.startsWith('helicone-')) continue;
-    out.append(name, value);
+    out[name] = value;
   }
   // The runtime's fetch would decompress transparently; asking for identity keeps bytes and headers consistent.
-  out.set('accept-encoding', 'identity');
+  out['accept-encoding'] = 'identity';
   return out;
 }
 

@@ -185,6 +185,14 @@ function bodyBytes(body: RequestInit['body']): Uint8Array | undefined {
   throw new TypeError('The upstream client sends bodies given as bytes or a string, not streams or forms.');
 }
 
+/** A record whose names are all lower case and values all strings (as the proxy builds for the upstream). */
+function isLowerCaseRecord(record: object): record is Record<string, string> {
+  for (const [name, value] of Object.entries(record)) {
+    if (typeof value !== 'string' || name !== name.toLowerCase()) return false;
+  }
+  return true;
+}
+
 interface UpstreamRequest {
   readonly url: URL;
   readonly method: string;
@@ -308,10 +316,16 @@ export function createUpstreamClient(options: UpstreamClientOptions = {}): typeo
   const client = async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
     const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
     const headers: Record<string, string> = {};
-    // The proxy hands over a Headers it built for this call: read it as it is rather than copy it first.
-    (init.headers instanceof Headers ? init.headers : new Headers(init.headers)).forEach((value, name) => {
-      headers[name] = value;
-    });
+    // The proxy hands over a record of lower-case names it built for this call: taken as it is. Anything else is
+    // read through a Headers, which checks and combines it.
+    const given = init.headers;
+    if (given !== undefined && given !== null && !(given instanceof Headers) && !Array.isArray(given) && isLowerCaseRecord(given)) {
+      Object.assign(headers, given);
+    } else {
+      (given instanceof Headers ? given : new Headers(given)).forEach((value, name) => {
+        headers[name] = value;
+      });
+    }
     const body = bodyBytes(init.body);
     if (body !== undefined) headers['content-length'] = String(body.byteLength);
     return exchange({ url, method: init.method ?? 'GET', headers, body, signal: init.signal ?? undefined }, true);

@@ -23,7 +23,7 @@ before(async () => {
       const body = Buffer.concat(chunks).toString();
       switch (req.url) {
         case '/echo':
-          res.writeHead(201, { 'content-type': 'application/json', 'x-seen-method': req.method ?? '' });
+          res.writeHead(201, { 'content-type': 'application/json', 'x-seen-method': req.method ?? '', 'x-seen-a': req.headers['x-a'] ?? '' });
           res.end(JSON.stringify({ body, length: req.headers['content-length'] ?? null }));
           return;
         case '/gzip':
@@ -65,6 +65,15 @@ describe('createUpstreamClient', () => {
     assert.equal(response.status, 201);
     assert.equal(response.headers.get('x-seen-method'), 'PUT');
     assert.deepEqual(await response.json(), { body: 'héllo', length: '6' });
+  });
+
+  it('takes headers as a Headers, a record in any case, or a list of pairs, combining repeated names', async () => {
+    const given: NonNullable<RequestInit['headers']>[] = [new Headers([['X-A', '1'], ['x-a', '2']]), { 'x-a': '1, 2' }, { 'X-A': '1, 2' }, [['x-a', '1'], ['X-A', '2']]];
+    for (const headers of given) {
+      const response = await client(`${base}/echo`, { method: 'POST', headers, body: 'x' });
+      assert.equal(response.headers.get('x-seen-a'), '1, 2', JSON.stringify([...new Headers(headers)]));
+    }
+    await assert.rejects(client(`${base}/echo`, { headers: { 'x-a': 'line\nbreak' } }), 'an invalid value is refused, not sent');
   });
 
   it('decodes gzip like fetch does', async () => {
